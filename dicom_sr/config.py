@@ -1,0 +1,222 @@
+"""One validated configuration object for the whole pipeline.
+
+Named, versioned TOML files in ``pipelines/`` load into :class:`PipelineConfig`; command-line
+options override single keys. The object is frozen and its :meth:`PipelineConfig.hash` goes into
+the provenance of every output, so two outputs with the same hash were made the same way.
+Unknown keys and bad values raise :class:`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = [
+    "ConfigError",
+    "LossWeights",
+    "EngineConfig",
+    "OutputConfig",
+    "PipelineConfig",
+    "DEFAULT_PIPELINE",
+    "pipelines_dir",
+    "available_pipelines",
+    "load_pipeline",
+]
+
+DEFAULT_PIPELINE = "bmode-default"
+
+
+class ConfigError(ValueError):
+    """A pipeline file or override is invalid; the message names the key and the source."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class LossWeights(_Frozen):
+    """Weights of Eq. 2-7. A zero weight removes the term (and its computation)."""
+
+    pixel: float = Field(5.0, ge=0, description="alpha: L1 pixel loss on G and F (Eq. 2)")
+    perceptual: float = Field(0.1, ge=0, description="beta: feature loss (Eq. 3)")
+    adversarial: float = Field(5.0, ge=0, description="gamma: generator GAN loss (Eq. 4-5)")
+    cycle_forward: float = Field(0.3, ge=0, description="eta: LR->SR->LR cycle L1 (Eq. 6)")
+    cycle_backward: float = Field(0.3, ge=0, description="eta: HR->LR->SR cycle L1 (Eq. 6)")
+
+
+class EngineConfig(_Frozen):
+    """Everything the SR engine needs; no DICOM in sight."""
+
+    method: Literal["cyclegan", "zssr", "ibp", "bicubic"] = "cyclegan"
+    scale: int = Field(2, description="integer upscaling factor: 2, 3 or 4")
+    # training budget and ZSSR's learning-rate policy
+    iterations: int = Field(300, ge=0, description="iteration cap for one training run")
+    lr: float = Field(1e-3, gt=0)
+    lr_min: float = Field(1e-6, gt=0, description="stop when the rate falls below this")
+    lr_check_every: int = Field(60, ge=1, description="iterations between slope checks")
+    lr_min_iterations: int = Field(120, ge=0, description="no rate decay before this")
+    lr_factor: float = Field(10.0, gt=1, description="divide the rate by this on a plateau")
+    crop_size: int = Field(64, ge=16)
+    batch_size: int = Field(4, ge=1)
+    augment: Literal["none", "mirror", "dihedral"] = "dihedral"
+    father_scales: int = Field(
+        4, ge=1, description="number of downscaled fathers besides the frame itself"
+    )
+    noise_std: float = Field(0.0, ge=0, description="Gaussian noise added to the LR sons")
+    # degradation kernel shared by the sons and back projection
+    kernel: Literal["bicubic", "gaussian"] = "bicubic"
+    psf_sigma_axial: float = Field(1.0, gt=0, description="Gaussian PSF sigma (rows), HR px")
+    psf_sigma_lateral: float = Field(1.5, gt=0, description="Gaussian PSF sigma (cols), HR px")
+    # CycleGAN specifics
+    losses: LossWeights = LossWeights()
+    gan_mode: Literal["log", "lsgan"] = "log"
+    pool_size: int = Field(50, ge=0, description="history pool of generated images for D")
+    vgg19_weights: str | None = Field(
+        None, description="local torchvision VGG19 state dict for the perceptual loss"
+    )
+    # inference
+    ensemble: Literal[1, 2, 8] = Field(8, description="self-ensemble size: 1, 2 (mirror) or 8")
+    back_projection_iters: int = Field(10, ge=0)
+    tile: int = Field(256, ge=32, description="LR tile side for inference")
+    tile_overlap: int = Field(16, ge=0)
+    bf16: bool = Field(False, description="bf16 autocast at inference")
+    channels_last: bool = False
+    # cines
+    cine_mode: Literal["shared", "finetune", "cold"] = "shared"
+    cine_train_frames: int = Field(8, ge=1)
+    cine_budget: float = Field(3.0, gt=0, description="cine iterations = budget x iterations")
+    finetune_iterations: int = Field(0, ge=0)
+    finetune_lr: float = Field(1e-4, gt=0)
+    # execution
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 keeps torch's default")
+
+    @field_validator("scale")
+    @classmethod
+    def _scale(cls, v: int) -> int:
+        if v not in (2, 3, 4):
+            raise ValueError("must be 2, 3 or 4")
+        return v
+
+
+class OutputConfig(_Frozen):
+    """How derived DICOM is written."""
+
+    uid_root: str = Field("1.2.826.0.1.3680043.8.498.", description="root of new UIDs")
+    compress: Literal["none", "rle", "jpeg", "jpegls", "j2k"] = "rle"
+    jpeg_quality: int = Field(95, ge=1, le=100)
+    max_pixels: int = Field(2560 * 1920, ge=1, description="largest input frame, in pixels")
+    series_description_suffix: str = " [SR x{scale}]"
+    series_number_offset: int = Field(1000, ge=0)
+
+    @field_validator("uid_root")
+    @classmethod
+    def _uid_root(cls, v: str) -> str:
+        body = v.rstrip(".")
+        if not body or not all(p.isdigit() and (p == "0" or not p.startswith("0"))
+                               for p in body.split(".")):
+            raise ValueError(f"not a valid UID root: {v!r}")
+        if len(body) > 40:
+            raise ValueError("UID root longer than 40 characters leaves too little room")
+        return body + "."
+
+
+class PipelineConfig(_Frozen):
+    """A named, versioned processing configuration."""
+
+    name: str = DEFAULT_PIPELINE
+    version: str = "1"
+    description: str = ""
+    engine: EngineConfig = EngineConfig()
+    output: OutputConfig = OutputConfig()
+
+    def hash(self) -> str:
+        """Short stable hash of every setting that changes the output (not name/description)."""
+        payload = self.model_dump(mode="json", exclude={"name", "description"})
+        payload["engine"].pop("device", None)
+        payload["engine"].pop("threads", None)
+        blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> PipelineConfig:
+        """Return a copy with dotted keys (``engine.scale``) replaced; None values are ignored."""
+        data = self.model_dump()
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            node = data
+            parts = key.split(".")
+            for p in parts[:-1]:
+                if not isinstance(node.get(p), dict):
+                    raise ConfigError(f"unknown configuration key {key!r}")
+                node = node[p]
+            if parts[-1] not in node:
+                raise ConfigError(f"unknown configuration key {key!r}")
+            node[parts[-1]] = value
+        return _validate(data, source="command-line options")
+
+
+def _validate(data: Mapping[str, Any], source: str) -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        msgs = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            if err["type"] == "extra_forbidden":
+                msgs.append(f"unknown key {key!r}")
+            else:
+                msgs.append(f"{key!r}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError(f"{source}: " + "; ".join(msgs)) from None
+
+
+def pipelines_dir() -> Path:
+    """The folder of named pipelines: $DICOM_SR_PIPELINES, else ``pipelines/`` beside the package."""
+    env = os.environ.get("DICOM_SR_PIPELINES")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent
+    for cand in (here.parent / "pipelines", here / "pipelines"):
+        if cand.is_dir():
+            return cand
+    return here.parent / "pipelines"
+
+
+def available_pipelines() -> list[str]:
+    """Names of the pipelines shipped in :func:`pipelines_dir`."""
+    return sorted(p.stem for p in pipelines_dir().glob("*.toml"))
+
+
+def load_pipeline(
+    name_or_path: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> PipelineConfig:
+    """Load a pipeline by name (a file in ``pipelines/``) or path, then apply overrides."""
+    ref = str(name_or_path) if name_or_path is not None else DEFAULT_PIPELINE
+    path = Path(ref)
+    if not (path.suffix == ".toml" and path.exists()):
+        path = pipelines_dir() / f"{ref}.toml"
+    if not path.is_file():
+        raise ConfigError(
+            f"no pipeline {ref!r}: not a file, and not one of {available_pipelines()}"
+        )
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    data.setdefault("name", path.stem)
+    config = _validate(data, source=str(path))
+    return config.with_overrides(overrides) if overrides else config
