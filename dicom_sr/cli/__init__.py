@@ -1,0 +1,251 @@
+"""The ``dicom-sr`` command line: a thin click layer that parses, calls the library and prints."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dicom_sr import __version__
+from dicom_sr.config import DEFAULT_PIPELINE, ConfigError, PipelineConfig, load_pipeline
+
+logger = logging.getLogger("dicom_sr")
+
+_ENGINE_OPTIONS = [
+    click.option("--pipeline", "pipeline", default=DEFAULT_PIPELINE, show_default=True,
+                 metavar="NAME|FILE", help="Pipeline name (pipelines/NAME.toml) or a TOML file."),
+    click.option("--method", type=click.Choice(["cyclegan", "zssr", "ibp", "bicubic"]),
+                 default=None, help="SR method (default: the pipeline's, cyclegan)."),
+    click.option("--iterations", type=click.IntRange(min=0), default=None,
+                 help="Training iteration cap per training run."),
+    click.option("--ensemble", type=click.Choice(["1", "2", "8"]), default=None,
+                 help="Self-ensemble size at inference (8 = all flips and rotations)."),
+    click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
+                 help="Where the engine runs; auto takes CUDA when there is one."),
+    click.option("--seed", type=int, default=None, help="Random seed (same seed, same output)."),
+    click.option("--vgg19", "vgg19", type=click.Path(exists=True, dir_okay=False), default=None,
+                 help="Local torchvision VGG19 state dict for the perceptual loss."),
+]
+
+
+def _engine_options(func):
+    for opt in reversed(_ENGINE_OPTIONS):
+        func = opt(func)
+    return func
+
+
+def _load_config(pipeline: str, overrides: dict[str, Any]) -> PipelineConfig:
+    try:
+        return load_pipeline(pipeline, overrides)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--pipeline / options") from None
+
+
+def _engine_overrides(scale, method, iterations, ensemble, device, seed, vgg19) -> dict[str, Any]:
+    return {
+        "engine.scale": int(scale) if scale else None,
+        "engine.method": method,
+        "engine.iterations": iterations,
+        "engine.ensemble": int(ensemble) if ensemble else None,
+        "engine.device": device,
+        "engine.seed": seed,
+        "engine.vgg19_weights": vgg19,
+    }
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet or verbose == 0 else logging.INFO
+    if verbose >= 2:
+        level = logging.DEBUG
+    from rich.logging import RichHandler
+
+    handler = RichHandler(console=_console(stderr=True), show_path=False, markup=False)
+    logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
+
+
+def _console(stderr: bool = True):
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dicom-sr")
+def main() -> None:
+    """Self-supervised super-resolution of ultrasound DICOM (CycleGAN, no training data)."""
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Output folder: OUT/<StudyUID>/<SeriesUID>/<SOPUID>.dcm plus manifest.jsonl.")
+@click.option("--scale", type=click.Choice(["2", "3", "4"]), default=None,
+              help="Upscaling factor (default: the pipeline's).")
+@_engine_options
+@click.option("--compress", type=click.Choice(["none", "rle", "jpeg", "jpegls", "j2k"]),
+              default=None, help="Output transfer syntax (default: the pipeline's, RLE lossless).")
+@click.option("--finetune", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Fine-tune the cine model N iterations on each frame (low rate).")
+@click.option("--cine-mode", type=click.Choice(["shared", "finetune", "cold"]), default=None,
+              help="Cines: train once and reuse (shared), fine-tune per frame, or train each cold.")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Start from weights saved by --save-weights.")
+@click.option("--save-weights", type=click.Path(dir_okay=False), default=None,
+              help="Save the trained weights (one file per series: FILE, FILE-2, ...).")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars; warnings only.")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def process(inputs, out_dir, pipeline, scale, method, iterations, ensemble, device, seed, vgg19,
+            compress, finetune, cine_mode, weights, save_weights, as_json, quiet, verbose):
+    """Super-resolve the B-mode DICOM series in INPUTS (files, folders, DICOMDIR) into --out."""
+    _setup_logging(verbose, quiet or as_json)
+    overrides = _engine_overrides(scale, method, iterations, ensemble, device, seed, vgg19)
+    overrides.update({
+        "output.compress": compress,
+        "engine.finetune_iterations": finetune,
+        "engine.cine_mode": cine_mode or ("finetune" if finetune else None),
+    })
+    config = _load_config(pipeline, overrides)
+
+    from dicom_sr.cli.progress import RunProgress
+    from dicom_sr.engine import load_weights, save_weights as save
+    from dicom_sr.pipeline import process_inputs
+
+    init = None
+    if weights:
+        try:
+            init = load_weights(weights)
+        except (ValueError, OSError) as exc:
+            raise click.BadParameter(str(exc), param_hint="--weights") from None
+    out = Path(out_dir)
+    show = not (quiet or as_json) and sys.stderr.isatty()
+    with RunProgress(enabled=show) if show else nullcontext() as bars:
+        run = process_inputs(
+            inputs, config, out, init=init,
+            progress=bars.on_progress if bars else None,
+            on_series=bars.on_series if bars else None,
+        )
+    if save_weights:
+        trained = [s.model for s in run.series if s.model and s.model.generator_state]
+        for k, model in enumerate(trained):
+            target = Path(save_weights)
+            if k:
+                target = target.with_name(f"{target.stem}-{k + 1}{target.suffix}")
+            save(model, target)
+    summary = _summary(run, config, out)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        _print_summary(summary, quiet)
+    usable = any(s.instances for s in run.series) and not all(
+        r.status == "failed" for s in run.series for r in s.instances
+    )
+    sys.exit(0 if usable else 1)
+
+
+def _summary(run, config: PipelineConfig, out: Path) -> dict[str, Any]:
+    return {
+        "pipeline": config.name,
+        "config_hash": config.hash(),
+        "method": config.engine.method,
+        "scale": config.engine.scale,
+        "out": str(out),
+        "series": [
+            {
+                "study_uid": s.study_uid,
+                "source_series_uid": s.source_series_uid,
+                "derived_series_uid": s.derived_series_uid,
+                "frames": s.frames,
+                "written": [str(r.output) for r in s.instances if r.status == "written"],
+                "already_done": [str(r.output) for r in s.instances if r.status == "done"],
+                "train_seconds": round(s.train_seconds, 2),
+                "seconds": round(s.seconds, 2),
+            }
+            for s in run.series
+        ],
+        "frames": run.frames,
+        "instances_written": run.written,
+        "skipped": [{"path": k.path, "reason": k.reason} for k in run.all_skipped],
+        "seconds": round(run.seconds, 2),
+    }
+
+
+def _print_summary(summary: dict[str, Any], quiet: bool) -> None:
+    from rich.table import Table
+
+    console = _console(stderr=False)
+    if not quiet:
+        table = Table(title=f"dicom-sr {summary['method']} x{summary['scale']} "
+                            f"({summary['pipeline']}, config {summary['config_hash']})")
+        for col in ("series (derived)", "frames", "written", "already done", "train s", "total s"):
+            table.add_column(col)
+        for s in summary["series"]:
+            table.add_row(s["derived_series_uid"][-24:], str(s["frames"]), str(len(s["written"])),
+                          str(len(s["already_done"])), f"{s['train_seconds']:.1f}",
+                          f"{s['seconds']:.1f}")
+        console.print(table)
+    for k in summary["skipped"]:
+        console.print(f"[yellow]skipped[/] {k['path']}: {k['reason']}", highlight=False)
+    console.print(
+        f"{len(summary['series'])} series, {summary['frames']} frames, "
+        f"{summary['instances_written']} instances written, {len(summary['skipped'])} skipped, "
+        f"{summary['seconds']:.1f} s -> {summary['out']}", highlight=False,
+    )
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Report folder: report.json, report.md and PNG figures.")
+@click.option("--methods", default="bicubic,ibp,zssr,cyclegan", show_default=True,
+              help="Comma-separated methods and ablation pipelines (ablation-gan-alone, ...).")
+@click.option("--scale", default="2,4", show_default=True,
+              help="Comma-separated scales to evaluate.")
+@_engine_options
+@click.option("--max-images", type=click.IntRange(min=1), default=None,
+              help="Evaluate at most this many frames.")
+@click.option("-q", "--quiet", is_flag=True, help="Warnings only.")
+@click.option("-v", "--verbose", count=True)
+def evaluate(inputs, out_dir, methods, pipeline, scale, method, iterations, ensemble, device,
+             seed, vgg19, max_images, quiet, verbose):
+    """Degrade real frames, super-resolve them with each method and score them (PSNR, SSIM, VIF-P).
+
+    The protocol of the paper: crop to tissue, degrade by each scale, super-resolve, compare.
+    """
+    _setup_logging(verbose, quiet)
+    from dicom_sr.evaluate import run_evaluation
+
+    config = _load_config(pipeline, _engine_overrides(None, method, iterations, ensemble, device,
+                                                      seed, vgg19))
+    try:
+        scales = [int(s) for s in scale.split(",") if s.strip()]
+    except ValueError:
+        raise click.BadParameter(f"not a list of integers: {scale!r}", param_hint="--scale") from None
+    if not scales or any(s not in (2, 3, 4) for s in scales):
+        raise click.BadParameter("scales must be 2, 3 or 4", param_hint="--scale")
+    report = run_evaluation([Path(p) for p in inputs], Path(out_dir),
+                            methods=[m.strip() for m in methods.split(",") if m.strip()],
+                            scales=scales, config=config, max_images=max_images)
+    click.echo(f"report written to {out_dir} ({len(report.get('images', []))} images)")
+
+
+@main.command("pipelines")
+def list_pipelines() -> None:
+    """List the named pipelines and their config hashes."""
+    from dicom_sr.config import available_pipelines
+
+    for name in available_pipelines():
+        try:
+            cfg = load_pipeline(name)
+            click.echo(f"{name:32s} v{cfg.version:4s} {cfg.hash()}  {cfg.description}")
+        except ConfigError as exc:
+            click.echo(f"{name:32s} INVALID: {exc}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
