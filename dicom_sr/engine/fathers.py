@@ -1,0 +1,102 @@
+"""ZSSR-style self-supervision: HR fathers from the input frame(s), LR sons by degradation.
+
+The fathers are each frame and ``config.father_scales`` antialiased bicubic downscales of it
+(factors evenly spaced from 1 down to 0.5), computed once as tensors on the training device.
+A batch is ``config.batch_size`` random crops of side ``crop`` (``config.crop_size`` rounded
+down to a multiple of the scale so every son is exactly ``crop / s``), each from a father
+drawn with probability proportional to its area, each with a random geometric augmentation:
+``"mirror"`` flips left-right only (keeps the axial direction of ultrasound vertical),
+``"dihedral"`` the eight rotations/reflections (as the paper). The sons are
+``downscale(father crop, s, config)`` plus optional Gaussian noise (``config.noise_std``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from dicom_sr.config import EngineConfig
+from dicom_sr.engine.resize import downscale, resize_bicubic
+
+__all__ = ["Fathers", "build_fathers", "sample_batch", "father_factors"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Fathers:
+    """The precomputed pyramid: tensors (1, 1, H, W) and their sampling probabilities."""
+
+    images: list[torch.Tensor]
+    probs: torch.Tensor
+    crop: int
+
+
+def father_factors(n: int) -> list[float]:
+    """Downscale factors of the fathers: 1 and ``n`` more evenly spaced down to 0.5."""
+    return [1.0 - 0.5 * k / n for k in range(n + 1)] if n > 0 else [1.0]
+
+
+def build_fathers(
+    frames: Sequence[np.ndarray], config: EngineConfig, device: torch.device
+) -> Fathers:
+    """Pyramid of every frame; fathers smaller than the crop are left out."""
+    if not frames:
+        raise ValueError("training needs at least one frame")
+    s = config.scale
+    smallest = min(min(f.shape[-2:]) for f in frames)
+    crop = min(config.crop_size, smallest) // s * s
+    if crop < 2 * s:
+        raise ValueError(f"frame of {smallest} px is too small to train at x{s}")
+    images: list[torch.Tensor] = []
+    for frame in frames:
+        arr = np.asarray(frame, dtype=np.float32)
+        if arr.ndim != 2:
+            raise ValueError(f"expected a 2-D luminance frame, got shape {arr.shape}")
+        t = torch.from_numpy(np.ascontiguousarray(arr))[None, None].to(device)
+        h, w = arr.shape
+        for fac in father_factors(config.father_scales):
+            oh, ow = round(h * fac), round(w * fac)
+            if min(oh, ow) < crop:
+                continue
+            images.append(t if fac == 1.0 else resize_bicubic(t, (oh, ow)).clamp_(0.0, 1.0))
+    area = torch.tensor([float(i.shape[-2] * i.shape[-1]) for i in images])
+    logger.debug("%d fathers, crop %d px", len(images), crop)
+    return Fathers(images=images, probs=area / area.sum(), crop=crop)
+
+
+def _augment(crop: torch.Tensor, mode: str, gen: torch.Generator) -> torch.Tensor:
+    if mode == "none":
+        return crop
+    if torch.randint(2, (1,), generator=gen).item():
+        crop = torch.flip(crop, dims=(-1,))
+    if mode == "dihedral":
+        k = int(torch.randint(4, (1,), generator=gen).item())
+        if k:
+            crop = torch.rot90(crop, k, dims=(-2, -1))
+    return crop
+
+
+def sample_batch(
+    fathers: Fathers, config: EngineConfig, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch: LR sons ``x`` (B,1,c/s,c/s) and HR fathers' crops ``y`` (B,1,c,c)."""
+    c = fathers.crop
+    picks = torch.multinomial(fathers.probs, config.batch_size, replacement=True, generator=gen)
+    crops = []
+    for i in picks.tolist():
+        img = fathers.images[i]
+        h, w = img.shape[-2:]
+        top = int(torch.randint(h - c + 1, (1,), generator=gen).item())
+        left = int(torch.randint(w - c + 1, (1,), generator=gen).item())
+        crops.append(_augment(img[..., top : top + c, left : left + c], config.augment, gen))
+    y = torch.cat(crops, dim=0)
+    x = downscale(y, config.scale, config)
+    if config.noise_std > 0:
+        noise = torch.randn(x.shape, generator=gen).to(x.device)
+        x = x + config.noise_std * noise
+    return x, y

@@ -1,0 +1,277 @@
+"""Self-supervised training of ``G`` on the input frame(s): ZSSR or the paper's CycleGAN.
+
+``method="zssr"`` trains ``G`` alone with L1 on father/son pairs (the ZSSR recipe, with the
+Fig. 1 generator). ``method="cyclegan"`` trains ``G``, ``F`` and the two PatchGANs with the
+losses of Eq. 2-7 (:mod:`dicom_sr.engine.losses`); the discriminators see a history pool of
+generated images (Shrivastava et al. 2017).
+
+Learning-rate policy (ZSSR, Shocher et al. 2018, applied to every optimiser): every
+``lr_check_every // 4`` iterations the reconstruction error ``mean|G(downscale(c)) - c|`` is
+measured on fixed central crops ``c`` (up to 256 px) of the input frame(s). Every
+``lr_check_every`` iterations, once ``lr_min_iterations`` have passed since the start or the last
+change, a line is fitted to the errors measured since then (within the last
+``max(lr_min_iterations, lr_check_every)`` iterations); when its slope is not clearly negative,
+``slope >= -std / 1.5`` with ``std`` the standard error of the slope (ZSSR's
+``-learning_rate_change_ratio * slope < std``, ratio 1.5; ``>=`` so an exact plateau decays too),
+the rate is divided by ``lr_factor``. Training stops when the rate falls below ``lr_min`` or at
+the iteration cap.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from dicom_sr.config import EngineConfig
+from dicom_sr.engine.fathers import build_fathers, sample_batch
+from dicom_sr.engine.losses import Networks, discriminator_loss, generator_losses
+from dicom_sr.engine.nets import (
+    Degrader,
+    Generator,
+    PatchDiscriminator,
+    VGG19Features,
+    find_vgg19_weights,
+)
+from dicom_sr.engine.resize import downscale
+
+__all__ = ["TrainResult", "train", "ImagePool", "plateau", "SLOPE_RATIO"]
+
+logger = logging.getLogger(__name__)
+
+#: ZSSR's ``learning_rate_change_ratio``: decay when ``slope >= -std / SLOPE_RATIO``.
+SLOPE_RATIO = 1.5
+_EVAL_CROP = 256
+_warned_vgg = False
+
+
+@dataclass
+class TrainResult:
+    """What one training run produced (see CONTRACTS.md)."""
+
+    generator_state: dict[str, torch.Tensor]
+    iterations: int
+    final_lr: float
+    seconds: float
+    history: dict[str, list[float]] = field(default_factory=dict)
+    perceptual: str = "off"
+
+
+class ImagePool:
+    """History of generated images for the discriminator (CycleGAN's ``ImagePool``).
+
+    Until full, every new image is stored and returned; then each new image is, with
+    probability 1/2, swapped for a random stored one (which is returned instead).
+    """
+
+    def __init__(self, size: int, gen: torch.Generator) -> None:
+        self.size = size
+        self.gen = gen
+        self.images: list[torch.Tensor] = []
+
+    def query(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.size == 0:
+            return batch.detach()
+        out = []
+        for img in batch.detach():
+            img = img[None]
+            if len(self.images) < self.size:
+                self.images.append(img)
+                out.append(img)
+            elif torch.rand(1, generator=self.gen).item() < 0.5:
+                j = int(torch.randint(self.size, (1,), generator=self.gen).item())
+                out.append(self.images[j])
+                self.images[j] = img
+            else:
+                out.append(img)
+        return torch.cat(out, dim=0)
+
+
+def plateau(steps: Sequence[float], errors: Sequence[float], ratio: float = SLOPE_RATIO) -> bool:
+    """ZSSR's test: is the fitted slope of ``errors`` over ``steps`` not clearly negative?
+
+    Least-squares line; ``std`` is the standard error of the slope (residual variance over
+    ``n - 2``). True when ``slope >= -std / ratio``. Needs three points or more.
+    """
+    t = np.asarray(steps, dtype=np.float64)
+    e = np.asarray(errors, dtype=np.float64)
+    if t.size < 3:
+        return False
+    tc = t - t.mean()
+    sxx = float((tc * tc).sum())
+    slope = float((tc * (e - e.mean())).sum()) / sxx
+    resid = e - (e.mean() + slope * tc)
+    std = float(np.sqrt((resid * resid).sum() / (t.size - 2) / sxx))
+    return -ratio * slope <= std
+
+
+def _eval_crops(frames: Sequence[np.ndarray], scale: int, device: torch.device) -> torch.Tensor:
+    """Central crops (up to 256 px, multiple of the scale) of the first and middle frames."""
+    picks = sorted({0, len(frames) // 2})
+    crops = []
+    side = min(_EVAL_CROP, *(min(frames[i].shape) for i in picks)) // scale * scale
+    for i in picks:
+        f = frames[i]
+        top, left = (f.shape[0] - side) // 2, (f.shape[1] - side) // 2
+        crop = np.ascontiguousarray(f[top : top + side, left : left + side], dtype=np.float32)
+        crops.append(torch.from_numpy(crop)[None, None])
+    return torch.cat(crops).to(device)
+
+
+def _perceptual_net(config: EngineConfig, device: torch.device) -> VGG19Features | None:
+    global _warned_vgg
+    path = find_vgg19_weights(config.vgg19_weights)
+    if path is not None:
+        logger.info("perceptual loss: VGG19 conv4_4 from %s", path)
+        return VGG19Features.from_file(path).to(device)
+    if not _warned_vgg:
+        logger.warning(
+            "no VGG19 weights (engine.vgg19_weights or the torch hub cache): the perceptual "
+            "loss uses the features of D_hr instead"
+        )
+        _warned_vgg = True
+    return None
+
+
+def _build(
+    config: EngineConfig, method: str, device: torch.device, init_state: dict | None
+) -> tuple[Networks, str]:
+    """Networks, initialised under ``config.seed`` without touching the global RNG."""
+    w = config.losses
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        g = Generator(config.scale)
+        if init_state is not None:
+            g.load_state_dict(init_state)
+        if method == "zssr":
+            return Networks(g=g.to(device), f=nn.Identity()), "off"
+        f = Degrader(config.scale)
+        vgg = _perceptual_net(config, device) if w.perceptual > 0 else None
+        need_d = w.adversarial > 0 or (w.perceptual > 0 and vgg is None)
+        d_hr = PatchDiscriminator().to(device) if need_d else None
+        d_lr = PatchDiscriminator().to(device) if w.adversarial > 0 else None
+    perceptual = "off" if w.perceptual == 0 else ("vgg19" if vgg is not None else "d_hr")
+    nets = Networks(
+        g=g.to(device),
+        f=f.to(device),
+        d_hr=d_hr,
+        d_lr=d_lr,
+        vgg=vgg,
+        degrade=lambda t: downscale(t, config.scale, config),
+    )
+    return nets, perceptual
+
+
+def train(
+    frames: Sequence[np.ndarray],
+    config: EngineConfig,
+    *,
+    method: Literal["cyclegan", "zssr"],
+    init_state: dict | None = None,
+    iterations: int | None = None,
+    lr: float | None = None,
+    device: torch.device,
+    progress: Callable[[int, int], None] | None = None,
+) -> TrainResult:
+    """Train ``G`` on ``frames`` (2-D float32 in [0, 1]) by self-supervision.
+
+    ``iterations`` / ``lr`` override ``config.iterations`` / ``config.lr`` (fine-tuning);
+    ``init_state`` warm-starts ``G``. Deterministic for a given ``config.seed`` and device.
+    """
+    if method not in ("cyclegan", "zssr"):
+        raise ValueError(f"train: method must be 'cyclegan' or 'zssr', got {method!r}")
+    t0 = time.perf_counter()
+    total = config.iterations if iterations is None else iterations
+    rate = config.lr if lr is None else lr
+    gen = torch.Generator().manual_seed(config.seed)
+    fathers = build_fathers(frames, config, device)
+    eval_lr_hr = _eval_crops(frames, config.scale, device)
+    eval_lr = downscale(eval_lr_hr, config.scale, config)
+    nets, perceptual = _build(config, method, device, init_state)
+    w = config.losses
+
+    g_params = list(nets.g.parameters())
+    if method == "cyclegan":
+        g_params += list(nets.f.parameters())
+    opts = [torch.optim.Adam(g_params, lr=rate)]
+    discs = [d for d in (nets.d_hr, nets.d_lr) if d is not None]
+    train_d = method == "cyclegan" and w.adversarial > 0
+    if train_d:
+        d_params = [p for d in discs for p in d.parameters()]
+        opts.append(torch.optim.Adam(d_params, lr=rate, betas=(0.5, 0.999)))
+    pools = [ImagePool(config.pool_size, gen), ImagePool(config.pool_size, gen)]
+
+    def noise(t: torch.Tensor) -> torch.Tensor:
+        return torch.randn(t.shape, generator=gen).to(t.device)
+
+    history: dict[str, list[float]] = {"lr": [], "recon": [], "recon_iter": []}
+    eval_every = max(1, config.lr_check_every // 4)
+    window = max(config.lr_min_iterations, config.lr_check_every)
+    last_change = 0
+    done = 0
+    for it in range(1, total + 1):
+        x, y = sample_batch(fathers, config, gen)
+        if method == "zssr":
+            loss = nn.functional.l1_loss(nets.g(x), y)
+            terms = {"pixel": loss}
+        else:
+            for d in discs:
+                d.requires_grad_(False)
+            step = generator_losses(x, y, nets, config, noise)
+            loss, terms = step.total, dict(step.terms)
+        opts[0].zero_grad(set_to_none=True)
+        loss.backward()
+        opts[0].step()
+        if train_d:
+            for d in discs:
+                d.requires_grad_(True)
+            d_loss_hr = discriminator_loss(nets.d_hr, y, pools[0].query(step.sr), config.gan_mode)
+            d_loss_lr = discriminator_loss(
+                nets.d_lr, x, pools[1].query(step.lr_fake), config.gan_mode
+            )
+            opts[1].zero_grad(set_to_none=True)
+            (d_loss_hr + d_loss_lr).backward()
+            opts[1].step()
+            terms["d_hr"], terms["d_lr"] = d_loss_hr, d_loss_lr
+        terms["total"] = loss
+        for k, v in terms.items():
+            history.setdefault(k, []).append(float(v.detach()))
+        history["lr"].append(opts[0].param_groups[0]["lr"])
+        done = it
+
+        if it % eval_every == 0:
+            with torch.no_grad():
+                err = (nets.g(eval_lr) - eval_lr_hr).abs().mean().item()
+            history["recon"].append(err)
+            history["recon_iter"].append(float(it))
+        if it % config.lr_check_every == 0 and it - last_change >= config.lr_min_iterations:
+            lo = max(last_change, it - window)
+            pts = [(s, e) for s, e in zip(history["recon_iter"], history["recon"]) if s > lo]
+            if len(pts) >= 3 and plateau(*zip(*pts)):
+                rate /= config.lr_factor
+                for opt in opts:
+                    for group in opt.param_groups:
+                        group["lr"] = rate
+                last_change = it
+                logger.debug("iteration %d: recon error plateau, lr -> %.2e", it, rate)
+        if progress is not None:
+            progress(it, total)
+        if rate < config.lr_min:
+            logger.debug("iteration %d: lr %.2e below lr_min, stopping", it, rate)
+            break
+
+    state = {k: v.detach().to("cpu").clone() for k, v in nets.g.state_dict().items()}
+    return TrainResult(
+        generator_state=state,
+        iterations=done,
+        final_lr=rate,
+        seconds=time.perf_counter() - t0,
+        history=history,
+        perceptual=perceptual,
+    )
