@@ -13,12 +13,13 @@ import json
 import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from pydicom import Dataset, dcmread
-from pydicom.errors import InvalidDicomError
+from pydicom.encaps import generate_frames
 
 __all__ = ["MANIFEST_NAME", "Manifest", "output_path", "write_atomic", "read_complete"]
 
@@ -70,16 +71,26 @@ def write_atomic(ds: Dataset, path: str | os.PathLike[str]) -> None:
 
 
 def read_complete(path: str | os.PathLike[str]) -> Dataset | None:
-    """The dataset at ``path`` if it parses to the end with its Pixel Data, else None."""
+    """The dataset at ``path`` if it parses to the end with all its frames, else None.
+
+    pydicom reads a truncated file with only a warning, so the Pixel Data is checked too:
+    every frame's fragments present (encapsulated) or every byte present (native).
+    """
     try:
-        ds = dcmread(path)
-        pixel = ds.get("PixelData")
-        if pixel is None or not pixel:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = dcmread(path)
+        if any("End of file" in str(w.message) for w in caught):
             return None
-        if ds.SOPInstanceUID != Path(path).stem:
+        if ds.get("SOPInstanceUID") != Path(path).stem or not ds.get("PixelData"):
             return None
-        return ds
-    except (OSError, InvalidDicomError, EOFError, ValueError, KeyError, AttributeError) as exc:
+        frames = int(ds.get("NumberOfFrames") or 1)
+        if ds.file_meta.TransferSyntaxUID.is_encapsulated:
+            found = sum(1 for _ in generate_frames(ds.PixelData, number_of_frames=frames))
+            return ds if found == frames else None
+        samples = ds.Rows * ds.Columns * ds.get("SamplesPerPixel", 1) * frames
+        return ds if len(ds.PixelData) >= samples * ((ds.BitsAllocated + 7) // 8) else None
+    except Exception as exc:  # any failure to parse means "not done"
         logger.debug("%s does not read back: %s", path, exc)
         return None
 
@@ -102,9 +113,12 @@ class Manifest:
         if "\n" in line:  # pragma: no cover - json.dumps never emits raw newlines
             raise ValueError("manifest entry would span lines")
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             data = (line + "\n").encode("ascii")
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                data = b"\n" + data  # a crash tore the last line: start a fresh one
             written = os.write(fd, data)
             if written != len(data):  # pragma: no cover - regular files write fully
                 raise OSError(f"{self.path}: short write ({written} of {len(data)} bytes)")
