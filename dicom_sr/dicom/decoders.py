@@ -1,0 +1,258 @@
+"""Pixel decoders for one DICOM file, tried in order, one frame at a time.
+
+Shaped like :mod:`pydicom.pixels.decoders.base`: a list of candidate decoders, each
+either available or not for a transfer syntax, each yielding integer frames together with
+the photometric interpretation *of what it returned*. The caller (:mod:`.frames`) does
+the colour and range handling, so every decoder only has to say what it produced.
+
+1. ``pydicom:<plugin>``: :meth:`pydicom.pixels.decoders.base.Decoder.iter_array` reading
+   straight from the open file (frames are read and decoded one at a time; the whole
+   Pixel Data is never loaded), ``as_rgb=False`` so YBR_FULL(_422) comes back as YCbCr
+   and the colour conversion is done exactly once, by us. JPEG 2000 YBR_RCT/YBR_ICT come
+   back as RGB (the codec undoes the component transform) and pydicom says so.
+   Native (uncompressed) syntaxes have no plugin: ``pydicom:native``.
+2. ``simpleitk``: SimpleITK's GDCM ImageIO, for files the pydicom plugins cannot open.
+   It reads the whole file (as integers, not floats) and then hands out frames;
+   GDCM returns RGB for YBR and PALETTE COLOR data.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.pixels import get_decoder
+from pydicom.pixels.utils import as_pixel_options
+from pydicom.uid import UID
+
+LOGGER = logging.getLogger(__name__)
+
+__all__ = [
+    "GDCM_SYNTAXES",
+    "DecodedFrame",
+    "FrameSource",
+    "decoder_names",
+    "undecodable_reason",
+    "open_source",
+    "seek_pixel_data",
+    "PixelElement",
+]
+
+#: Transfer syntaxes GDCM (through SimpleITK) decodes: native, deflated, RLE, JPEG
+#: (baseline, extended, lossless), JPEG-LS and JPEG 2000. Not video, not HTJ2K.
+GDCM_SYNTAXES: frozenset[str] = frozenset(
+    {
+        "1.2.840.10008.1.2",
+        "1.2.840.10008.1.2.1",
+        "1.2.840.10008.1.2.1.99",
+        "1.2.840.10008.1.2.2",
+        "1.2.840.10008.1.2.5",
+        "1.2.840.10008.1.2.4.50",
+        "1.2.840.10008.1.2.4.51",
+        "1.2.840.10008.1.2.4.57",
+        "1.2.840.10008.1.2.4.70",
+        "1.2.840.10008.1.2.4.80",
+        "1.2.840.10008.1.2.4.81",
+        "1.2.840.10008.1.2.4.90",
+        "1.2.840.10008.1.2.4.91",
+    }
+)
+
+_PIXEL_TAGS = {
+    0x7FE00010: "PixelData",
+    0x7FE00008: "FloatPixelData",
+    0x7FE00009: "DoubleFloatPixelData",
+}
+
+
+@dataclass
+class DecodedFrame:
+    """One decoded frame: integer samples and what they are."""
+
+    array: np.ndarray  # (H, W) or (H, W, 3), integer
+    photometric: str  # of `array`: MONOCHROME1/2, PALETTE COLOR, RGB, YBR_FULL(_422)
+
+
+def _pydicom_decoder(uid: str):
+    try:
+        return get_decoder(UID(uid))
+    except NotImplementedError:
+        return None
+
+
+def _have_simpleitk() -> bool:
+    try:
+        import SimpleITK  # noqa: F401
+    except ImportError:  # pragma: no cover - SimpleITK is a dependency
+        return False
+    return True
+
+
+def decoder_names(transfer_syntax_uid: str) -> list[str]:
+    """Decoders to try for a transfer syntax, in order (empty: none can)."""
+    names: list[str] = []
+    dec = _pydicom_decoder(transfer_syntax_uid)
+    if dec is not None and dec.is_available:
+        if dec.is_native:
+            names.append("pydicom:native")
+        else:
+            names.extend(f"pydicom:{p}" for p in dec.available_plugins)
+    if transfer_syntax_uid in GDCM_SYNTAXES and _have_simpleitk():
+        names.append("simpleitk")
+    return names
+
+
+def undecodable_reason(transfer_syntax_uid: str) -> str | None:
+    """None if some decoder can read the syntax, else a sentence naming the syntax and why."""
+    if decoder_names(transfer_syntax_uid):
+        return None
+    uid = UID(transfer_syntax_uid)
+    dec = _pydicom_decoder(uid)
+    if dec is None:
+        why = "pydicom has no decoder for it"
+    else:
+        missing = "; ".join(dec.missing_dependencies) or "no plugin installed"
+        why = f"pydicom's decoder needs: {missing}"
+    return (
+        f"no decoder for transfer syntax {uid.name} ({uid}): {why}, "
+        "and GDCM/SimpleITK does not support it"
+    )
+
+
+@dataclass
+class PixelElement:
+    """Where the pixel data element of a file is: its keyword, VR and value length/offset."""
+
+    header: Dataset
+    keyword: str
+    vr: str | None  # None for implicit VR
+    length: int  # 0xFFFFFFFF when undefined (encapsulated)
+    value_offset: int
+
+
+def seek_pixel_data(f: BinaryIO, transfer_syntax_uid: str) -> PixelElement | None:
+    """Read the header from `f` and leave `f` at the start of the pixel data *value*.
+
+    Returns None if the dataset has no pixel data element. `f` must be positioned at the
+    start of the file. The same walk as pydicom's own ``iter_pixels`` does.
+    """
+    header = pydicom.dcmread(f, stop_before_pixels=True)
+    uid = UID(transfer_syntax_uid)
+    raw = f.read(8)
+    if len(raw) < 8:
+        return None
+    endian = "<" if uid.is_little_endian else ">"
+    vr = None
+    if uid.is_implicit_VR:
+        group, elem, length = struct.unpack(f"{endian}HHL", raw)
+    else:
+        group, elem, vr, length = struct.unpack(f"{endian}HH2sH", raw)
+        ext = f.read(4)
+        if len(ext) < 4:
+            return None
+        length = struct.unpack(f"{endian}L", ext)[0]
+    keyword = _PIXEL_TAGS.get(group << 16 | elem)
+    if keyword is None:
+        return None
+    return PixelElement(header, keyword, vr.decode("ascii") if vr else None, length, f.tell())
+
+
+class FrameSource:
+    """Decoded frames of one file from one decoder; use as a context manager."""
+
+    def __init__(
+        self, path: Path, name: str, transfer_syntax_uid: str, grey_photometric: str = "MONOCHROME2"
+    ) -> None:
+        self.path = path
+        self.name = name
+        self.transfer_syntax_uid = transfer_syntax_uid
+        self.grey_photometric = grey_photometric
+        self._file: BinaryIO | None = None
+        self._sitk: np.ndarray | None = None
+
+    def close(self) -> None:
+        """Release the file and any decoded array."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._sitk = None
+
+    def __enter__(self) -> FrameSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def iter_frames(self, indices: Sequence[int] | None = None) -> Iterator[DecodedFrame]:
+        """Yield decoded frames (all of them, or those in `indices`) one at a time."""
+        if self.name == "simpleitk":
+            yield from self._iter_simpleitk(indices)
+        else:
+            yield from self._iter_pydicom(indices)
+
+    # pydicom --------------------------------------------------------------------------
+    def _iter_pydicom(self, indices: Sequence[int] | None) -> Iterator[DecodedFrame]:
+        uid = UID(self.transfer_syntax_uid)
+        decoder = get_decoder(uid)
+        plugin = self.name.split(":", 1)[1]
+        plugin = "" if plugin == "native" else plugin
+        if uid.is_deflated:
+            # the dataset is zlib-compressed after the file meta: file offsets mean nothing
+            src: Dataset | BinaryIO = pydicom.dcmread(self.path)
+            opts = as_pixel_options(src)
+        else:
+            if self._file is not None:
+                self._file.close()
+            self._file = open(self.path, "rb")  # noqa: SIM115 - closed in close()
+            found = seek_pixel_data(self._file, uid)
+            if found is None:
+                raise ValueError("no Pixel Data element")
+            opts = as_pixel_options(found.header, pixel_keyword=found.keyword)
+            if found.vr:
+                opts["pixel_vr"] = found.vr
+            src = self._file
+        for arr, props in decoder.iter_array(
+            src,
+            indices=list(indices) if indices is not None else None,
+            decoding_plugin=plugin,
+            as_rgb=False,
+            transfer_syntax_uid=uid,
+            **opts,
+        ):
+            yield DecodedFrame(arr, str(props["photometric_interpretation"]))
+
+    # SimpleITK ------------------------------------------------------------------------
+    def _iter_simpleitk(self, indices: Sequence[int] | None) -> Iterator[DecodedFrame]:
+        import SimpleITK as sitk
+
+        if self._sitk is None:
+            reader = sitk.ImageFileReader()
+            reader.SetImageIO("GDCMImageIO")
+            reader.SetFileName(str(self.path))
+            image = reader.Execute()
+            arr = sitk.GetArrayFromImage(image)
+            ncomp = image.GetNumberOfComponentsPerPixel()
+            if arr.ndim == (2 if ncomp == 1 else 3):
+                arr = arr[None]
+            self._sitk = arr
+            self._sitk_rgb = ncomp == 3
+        arr = self._sitk
+        for i in indices if indices is not None else range(arr.shape[0]):
+            frame = arr[i]
+            # GDCM applies palettes and YBR conversion; grey keeps the stored polarity
+            photometric = "RGB" if self._sitk_rgb else self.grey_photometric
+            yield DecodedFrame(frame, photometric)
+
+
+def open_source(
+    path: Path, name: str, transfer_syntax_uid: str, grey_photometric: str = "MONOCHROME2"
+) -> FrameSource:
+    """A :class:`FrameSource` for decoder `name` (one of :func:`decoder_names`)."""
+    return FrameSource(Path(path), name, transfer_syntax_uid, grey_photometric)

@@ -1,0 +1,311 @@
+"""Stream the frames of one ultrasound instance as float luminance (+ chroma).
+
+The SR engine works on luminance only, so every frame becomes ``luma`` (H, W) float32 in
+[0, 1] plus, for colour images, ``chroma`` (H, W, 2) float32 (Cb, Cr) in [0, 1] with 0.5
+neutral, using the BT.601 full-range (JFIF) transform, the one DICOM's YBR_FULL uses.
+:func:`to_pixels` is its exact inverse, back to the integer pixels of the output layout.
+
+Choices, and why:
+
+* Stored values are used as they are: Modality LUT (Rescale) and VOI LUT are *not* applied.
+  For US they are absent or identity, VOI is a display transform that the derived object
+  keeps (applying it here too would apply it twice), and the output keeps the source's
+  BitsStored, so stored values are the faithful signal.
+* PixelPaddingValue is not applied: US images rarely carry it, and padding pixels are
+  upscaled like any other pixel (nearest-valued areas stay flat).
+* MONOCHROME1 is inverted, since the output is MONOCHROME2.
+* PALETTE COLOR indices are expanded through the LUT to RGB before anything else (indices
+  cannot be interpolated). 16-bit LUT entries are reduced to 8 bits by their high byte:
+  US palettes are 8-bit values stored as ``v << 8`` or ``v * 257``, and ``>> 8`` gives ``v``
+  for both. Non-segmented LUT data are read with the file's byte order (pydicom 3.0's
+  :func:`~pydicom.pixels.apply_color_lut` reads them little endian, which is wrong for the
+  big endian files); segmented LUTs are expanded by pydicom.
+* Colour images whose three channels agree within one level on every frame (grey stored as
+  RGB) are kept grey: ``chroma`` is None and the layout is MONOCHROME2, 8 bit.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_color_lut
+from pydicom.uid import UID
+
+from dicom_sr.dicom.decoders import DecodedFrame, decoder_names, open_source, undecodable_reason
+
+if TYPE_CHECKING:
+    from dicom_sr.dicom.discover import Instance
+
+LOGGER = logging.getLogger(__name__)
+
+__all__ = [
+    "Frame",
+    "PixelLayout",
+    "FrameReader",
+    "FrameDecodeError",
+    "open_frames",
+    "to_pixels",
+    "rgb_to_ycbcr",
+    "ycbcr_to_rgb",
+    "palette_table",
+]
+
+# BT.601 full range (JFIF), on [0, 1] values with chroma offset 0.5
+_KR, _KB = 0.299, 0.114
+_RGB_TO_YCC = np.array(
+    [
+        [_KR, 1 - _KR - _KB, _KB],
+        [-_KR / (2 - 2 * _KB), -(1 - _KR - _KB) / (2 - 2 * _KB), 0.5],
+        [0.5, -(1 - _KR - _KB) / (2 - 2 * _KR), -_KB / (2 - 2 * _KR)],
+    ]
+)
+_YCC_TO_RGB = np.linalg.inv(_RGB_TO_YCC)
+_YCC_OFFSET = np.array([0.0, 0.5, 0.5])
+
+
+class FrameDecodeError(Exception):
+    """No decoder could produce a frame; the message names file, frame and transfer syntax."""
+
+    def __init__(self, path: str | Path, frame: int, transfer_syntax_uid: str, reason: str):
+        self.path = str(path)
+        self.frame = frame
+        self.transfer_syntax_uid = str(transfer_syntax_uid)
+        name = UID(transfer_syntax_uid).name
+        super().__init__(
+            f"{self.path}: cannot decode frame {frame} ({name}, {transfer_syntax_uid}): {reason}"
+        )
+
+
+@dataclass(frozen=True)
+class PixelLayout:
+    """Layout of the OUTPUT pixels: colour -> RGB 8-bit; grey -> MONOCHROME2 `bits_stored`."""
+
+    colour: bool
+    bits_stored: int
+    source_photometric: str
+
+
+@dataclass
+class Frame:
+    """One frame: luminance (H, W) and, for colour, chroma (H, W, 2) Cb, Cr; float32 [0, 1]."""
+
+    index: int
+    luma: np.ndarray
+    chroma: np.ndarray | None
+
+
+def rgb_to_ycbcr(rgb: np.ndarray) -> np.ndarray:
+    """(..., 3) RGB in [0, 1] -> (..., 3) float32 Y, Cb, Cr in [0, 1] (BT.601 full range)."""
+    ycc = rgb.astype(np.float32) @ _RGB_TO_YCC.T.astype(np.float32)
+    ycc += _YCC_OFFSET.astype(np.float32)
+    return ycc
+
+
+def ycbcr_to_rgb(ycc: np.ndarray) -> np.ndarray:
+    """(..., 3) Y, Cb, Cr in [0, 1] -> (..., 3) float32 RGB, not clipped."""
+    centred = ycc.astype(np.float32) - _YCC_OFFSET.astype(np.float32)
+    return centred @ _YCC_TO_RGB.T.astype(np.float32)
+
+
+def to_pixels(luma: np.ndarray, chroma: np.ndarray | None, layout: PixelLayout) -> np.ndarray:
+    """Float luma/chroma -> output pixels: (H, W) uint8/uint16 grey or (H, W, 3) uint8 RGB."""
+    if not layout.colour:
+        top = (1 << layout.bits_stored) - 1
+        dtype = np.uint8 if layout.bits_stored <= 8 else np.uint16
+        return np.rint(np.clip(luma, 0.0, 1.0) * top).astype(dtype)
+    if chroma is None or chroma.shape != (*luma.shape, 2):
+        got = None if chroma is None else chroma.shape
+        raise ValueError(f"colour layout needs chroma of shape {(*luma.shape, 2)}, got {got}")
+    ycc = np.concatenate([luma[..., None], chroma], axis=-1)
+    rgb = ycbcr_to_rgb(ycc)
+    return np.rint(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def palette_table(ds: Dataset) -> tuple[np.ndarray, int]:
+    """The palette as an (N, 3) uint8 RGB table, and the first stored value it maps."""
+    desc = [int(v) for v in ds.RedPaletteColorLookupTableDescriptor]
+    entries, first, bits = (desc[0] or 65536), desc[1], desc[2]
+    if "RedPaletteColorLookupTableData" in ds:
+        big = not UID(ds.file_meta.TransferSyntaxUID).is_little_endian
+        chans = []
+        for colour in ("Red", "Green", "Blue"):
+            data = ds[f"{colour}PaletteColorLookupTableData"].value
+            size = max(1, len(data) // entries)
+            dtype = np.dtype(f"{'>' if big else '<'}u{size}")
+            chans.append(np.frombuffer(data, dtype=dtype, count=entries).astype(np.uint16))
+        table = np.stack(chans, axis=-1)
+    else:
+        dtype = np.uint8 if first + entries <= 256 else np.uint16
+        table = apply_color_lut(np.arange(first, first + entries, dtype=dtype), ds)
+        table = table.astype(np.uint16)
+    if bits > 8:
+        if table.max() <= 255:
+            LOGGER.warning("palette says %d bits but holds 8-bit values; using them as such", bits)
+        else:
+            table = table >> (bits - 8)
+    return np.clip(table, 0, 255).astype(np.uint8), first
+
+
+def _rgb8(arr: np.ndarray, bits: int) -> np.ndarray:
+    """Integer RGB of `bits` bits per sample -> uint8 by the high byte."""
+    if bits > 8:
+        return (arr.astype(np.uint32) >> (bits - 8)).astype(np.uint8)
+    return arr.astype(np.uint8)
+
+
+def _is_grey(rgb8: np.ndarray) -> bool:
+    """True when the three channels agree within one level everywhere."""
+    g = rgb8[..., 1].astype(np.int16)
+    return bool(
+        np.abs(rgb8[..., 0].astype(np.int16) - g).max() <= 1
+        and np.abs(rgb8[..., 2].astype(np.int16) - g).max() <= 1
+    )
+
+
+class FrameReader:
+    """Frames of one instance, decoded and converted one at a time.
+
+    Iterating yields :class:`Frame` objects; only the current frame exists as floats.
+    ``decoders_used`` records which decoder produced frames (see :mod:`.decoders`).
+    """
+
+    def __init__(self, path: str | Path, number_of_frames: int | None = None) -> None:
+        self.path = Path(path)
+        self.header: Dataset = pydicom.dcmread(self.path, stop_before_pixels=True)
+        h = self.header
+        self.transfer_syntax_uid = str(h.file_meta.TransferSyntaxUID)
+        self.number_of_frames = int(number_of_frames or h.get("NumberOfFrames") or 1)
+        self.rows, self.columns = int(h.Rows), int(h.Columns)
+        self.photometric = str(h.PhotometricInterpretation).strip()
+        self.bits_stored = int(h.get("BitsStored") or h.BitsAllocated)
+        self.signed = int(h.get("PixelRepresentation", 0)) == 1
+        self.decoders_used: list[str] = []
+        self._names = decoder_names(self.transfer_syntax_uid)
+        if not self._names:
+            reason = undecodable_reason(self.transfer_syntax_uid) or "no decoder"
+            raise FrameDecodeError(self.path, 0, self.transfer_syntax_uid, reason)
+        self._palette = palette_table(h) if self.photometric == "PALETTE COLOR" else None
+        self._layout: PixelLayout | None = None
+
+    # public ---------------------------------------------------------------------------
+    @property
+    def layout(self) -> PixelLayout:
+        """Output layout; for colour sources this scans the frames once for grey-as-RGB."""
+        if self._layout is None:
+            if self.photometric.startswith("MONOCHROME"):
+                self._layout = PixelLayout(False, self.bits_stored, self.photometric)
+            else:
+                grey = all(_is_grey(self._as_rgb8(d)) for _, d in self._decoded())
+                self._layout = PixelLayout(not grey, 8, self.photometric)
+        return self._layout
+
+    def __iter__(self) -> Iterator[Frame]:
+        layout = self.layout
+        for index, decoded in self._decoded():
+            yield self._to_frame(index, decoded, layout)
+
+    def __len__(self) -> int:
+        return self.number_of_frames
+
+    def close(self) -> None:
+        """Nothing is held open between iterations; kept for the context-manager protocol."""
+
+    def __enter__(self) -> FrameReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # decoding -------------------------------------------------------------------------
+    def _decoded(self) -> Iterator[tuple[int, DecodedFrame]]:
+        """(index, decoded frame) for every frame, falling back decoder by decoder."""
+        names = list(self._names)
+        if self.decoders_used:  # the decoder that worked before goes first
+            names.remove(self.decoders_used[0])
+            names.insert(0, self.decoders_used[0])
+        n, index, errors = self.number_of_frames, 0, []
+        for name in names:
+            if index >= n:
+                break
+            source = open_source(self.path, name, self.transfer_syntax_uid, self.photometric)
+            try:
+                wanted = None if index == 0 else range(index, n)
+                for decoded in source.iter_frames(wanted):
+                    self._check_shape(decoded)
+                    if name not in self.decoders_used:
+                        self.decoders_used.append(name)
+                    yield index, decoded
+                    index += 1
+                if index < n:
+                    errors.append(f"{name}: gave {index} of {n} frames")
+            except Exception as exc:  # noqa: BLE001 - try the next decoder, report all
+                LOGGER.debug("%s: decoder %s failed at frame %d: %s", self.path, name, index, exc)
+                errors.append(f"{name}: {exc}")
+            finally:
+                source.close()
+        if index < n:
+            raise FrameDecodeError(self.path, index, self.transfer_syntax_uid, "; ".join(errors))
+
+    def _check_shape(self, decoded: DecodedFrame) -> None:
+        shape = decoded.array.shape
+        if shape[:2] != (self.rows, self.columns) or len(shape) not in (2, 3):
+            raise ValueError(
+                f"decoded frame has shape {shape}, expected {self.rows}x{self.columns}"
+            )
+
+    def _as_rgb8(self, d: DecodedFrame) -> np.ndarray:
+        """A colour decoded frame as (H, W, 3) uint8 RGB (for the grey test)."""
+        pi = d.photometric
+        if pi == "PALETTE COLOR":
+            return self._expand_palette(d.array)
+        if pi.startswith("YBR_FULL"):
+            rgb = ycbcr_to_rgb(self._ybr_float(d.array))
+            return np.rint(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+        if pi == "RGB" and d.array.ndim == 3:
+            return _rgb8(d.array, 16 if self._sitk_palette(d) else self.bits_stored)
+        raise FrameDecodeError(
+            self.path, 0, self.transfer_syntax_uid, f"unsupported decoded photometric {pi!r}"
+        )
+
+    def _sitk_palette(self, d: DecodedFrame) -> bool:
+        # GDCM gives palette images as RGB with the LUT's depth
+        return self.photometric == "PALETTE COLOR" and d.array.dtype.itemsize > 1
+
+    def _expand_palette(self, idx: np.ndarray) -> np.ndarray:
+        table, first = self._palette
+        pos = np.clip(idx.astype(np.int64) - first, 0, len(table) - 1)
+        return table[pos]
+
+    def _ybr_float(self, arr: np.ndarray) -> np.ndarray:
+        return arr.astype(np.float32) / np.float32((1 << self.bits_stored) - 1)
+
+    def _to_frame(self, index: int, d: DecodedFrame, layout: PixelLayout) -> Frame:
+        pi = d.photometric
+        if pi.startswith("MONOCHROME") and d.array.ndim == 2:
+            luma = d.array.astype(np.float32)
+            if self.signed:
+                luma += np.float32(1 << (self.bits_stored - 1))
+            luma /= np.float32((1 << self.bits_stored) - 1)
+            if pi == "MONOCHROME1":
+                luma = 1.0 - luma
+            return Frame(index, np.clip(luma, 0.0, 1.0, out=luma), None)
+        if pi.startswith("YBR_FULL"):
+            ycc = self._ybr_float(d.array)
+        else:
+            ycc = rgb_to_ycbcr(self._as_rgb8(d).astype(np.float32) / np.float32(255.0))
+        np.clip(ycc, 0.0, 1.0, out=ycc)
+        luma = np.ascontiguousarray(ycc[..., 0])
+        chroma = np.ascontiguousarray(ycc[..., 1:]) if layout.colour else None
+        return Frame(index, luma, chroma)
+
+
+def open_frames(instance: Instance) -> FrameReader:
+    """A :class:`FrameReader` over the frames of a discovered instance."""
+    return FrameReader(instance.path, instance.number_of_frames)
