@@ -38,9 +38,26 @@ html_theme_options = {
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 autodoc_typehints_description_target = "documented"
-autodoc_default_options = {"members": True, "show-inheritance": False}
+autodoc_default_options = {
+    "members": True,
+    "show-inheritance": False,
+    "exclude-members": "model_config, model_fields, model_computed_fields",
+}
 napoleon_numpy_docstring = True
 napoleon_google_docstring = False
 napoleon_use_rtype = False
 
 nitpicky = False
+
+
+def _short_model_signature(app, what, name, obj, options, signature, return_annotation):
+    """Pydantic models: ``(**fields)`` instead of every field; the keys are in configuration."""
+    from pydantic import BaseModel
+
+    if what == "class" and isinstance(obj, type) and issubclass(obj, BaseModel):
+        return "(**fields)", return_annotation
+    return None
+
+
+def setup(app):
+    app.connect("autodoc-process-signature", _short_model_signature)
