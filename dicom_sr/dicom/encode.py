@@ -21,11 +21,11 @@ import numpy as np
 from highdicom.frame import encode_frame
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
+    JPEG2000,
+    JPEG2000MC,
     UID,
     ExplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
-    JPEG2000MC,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
     JPEGLSLossless,
