@@ -19,6 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 __all__ = ["zoom_box", "comparison_figure", "cine_figure"]
@@ -31,14 +32,23 @@ def zoom_box(reference: np.ndarray, size: int) -> tuple[int, int, int]:
     """(y0, x0, side) of the square window with the most edge energy (Sobel), for the zoom.
 
     Picking the busiest texture shows where methods differ; a flat patch would show nothing.
+    Windows holding saturated pixels (burnt-in text and graphics are drawn at full white) or
+    mostly black background are avoided when any other window is left.
     """
     h, w = reference.shape
     side = int(min(size, h, w))
     grad = np.hypot(ndimage.sobel(reference, 0), ndimage.sobel(reference, 1))
-    energy = ndimage.uniform_filter(grad, side, mode="constant")
     half = side // 2
-    inner = energy[half : h - side + half + 1, half : w - side + half + 1]
-    y0, x0 = np.unravel_index(int(np.argmax(inner)), inner.shape)
+    inner = (slice(half, h - side + half + 1), slice(half, w - side + half + 1))
+
+    def window_mean(a: np.ndarray) -> np.ndarray:
+        return ndimage.uniform_filter(a.astype(np.float64), side, mode="constant")[inner]
+
+    energy = window_mean(grad)
+    ok = (window_mean(reference >= 0.97) == 0) & (window_mean(reference < 0.02) < 0.5)
+    if ok.any():
+        energy = np.where(ok, energy, -1.0)
+    y0, x0 = np.unravel_index(int(np.argmax(energy)), energy.shape)
     return int(y0), int(x0), side
 
 
@@ -150,6 +160,7 @@ def cine_figure(
         ax.plot(np.arange(1, len(c) + 1), c, label=f"{n} (mean {c.mean():.4f})", **style)
     ax.axvline(pick + 1, color="grey", ls=":", lw=1)
     ax.set_xlabel("frame pair (t, t+1)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("mean |frame t+1 - frame t|")
     ax.legend(fontsize=7, loc="best")
     ax.grid(alpha=0.3)
