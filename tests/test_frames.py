@@ -257,3 +257,61 @@ def test_to_pixels_needs_chroma_for_colour():
         to_pixels(np.zeros((4, 4), np.float32), None, PixelLayout(True, 8, "RGB"))
     grey16 = to_pixels(np.ones((2, 2), np.float32), None, PixelLayout(False, 12, "MONOCHROME2"))
     assert grey16.dtype == np.uint16 and grey16.max() == 4095
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "OBXXXX1A_expb.dcm",  # 8-bit palette, big endian
+        "gdcm-US-ALOKA-16.dcm",  # 16-bit segmented palette
+        "color-pl.dcm",  # planar RGB
+        "JPGLosslessP14SV1_1s_1f_8b.dcm",  # grey
+        "examples_ybr_color.dcm",  # GDCM returns RGB for YBR_FULL_422
+    ],
+)
+def test_simpleitk_fallback_gives_the_same_pixels(name):
+    path = us_file(name)
+    with FrameReader(path) as primary, FrameReader(path) as fallback:
+        fallback._names = ["simpleitk"]
+        assert primary.layout == fallback.layout
+        for a, b in zip(primary, fallback, strict=True):
+            pa = to_pixels(a.luma, a.chroma, primary.layout).astype(int)
+            pb = to_pixels(b.luma, b.chroma, fallback.layout).astype(int)
+            assert np.abs(pa - pb).max() <= 1
+        assert fallback.decoders_used == ["simpleitk"]
+        assert primary.decoders_used[0].startswith("pydicom:")
+
+
+def test_falls_back_when_pydicom_fails(monkeypatch):
+    from dicom_sr.dicom import decoders
+
+    def broken(self, indices):
+        raise RuntimeError("plugin exploded")
+        yield  # pragma: no cover
+
+    path = us_file("OBXXXX1A_rle_2frame.dcm")
+    expected = [f.luma for f in FrameReader(path)]
+    monkeypatch.setattr(decoders.FrameSource, "_iter_pydicom", broken)
+    with FrameReader(path) as reader:
+        got = [f.luma for f in reader]
+        assert reader.decoders_used == ["simpleitk"]
+    for a, b in zip(expected, got, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["examples_ybr_color.dcm", "OBXXXX1A_expb_2frame.dcm"])
+@pytest.mark.parametrize("decoder", ["primary", "simpleitk"])
+def test_selected_frames_equal_streamed_frames(name, decoder):
+    path = us_file(name)
+    with FrameReader(path) as reader:
+        if decoder == "simpleitk":
+            reader._names = ["simpleitk"]
+        streamed = {f.index: f for f in reader}
+        picks = [reader.number_of_frames - 1, 0, reader.number_of_frames // 2]
+        got = list(reader.frames(picks))
+        assert [f.index for f in got] == picks
+        for f in got:
+            np.testing.assert_array_equal(f.luma, streamed[f.index].luma)
+            np.testing.assert_array_equal(f.chroma, streamed[f.index].chroma)
+        with pytest.raises(IndexError, match="out of range"):
+            next(reader.frames([reader.number_of_frames]))

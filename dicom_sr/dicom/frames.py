@@ -27,7 +27,7 @@ Choices, and why:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -207,8 +207,12 @@ class FrameReader:
         return self._layout
 
     def __iter__(self) -> Iterator[Frame]:
+        return self.frames()
+
+    def frames(self, indices: Sequence[int] | None = None) -> Iterator[Frame]:
+        """Yield the frames at `indices` (default: all, in order), one at a time."""
         layout = self.layout
-        for index, decoded in self._decoded():
+        for index, decoded in self._decoded(indices):
             yield self._to_frame(index, decoded, layout)
 
     def __len__(self) -> int:
@@ -224,34 +228,43 @@ class FrameReader:
         self.close()
 
     # decoding -------------------------------------------------------------------------
-    def _decoded(self) -> Iterator[tuple[int, DecodedFrame]]:
-        """(index, decoded frame) for every frame, falling back decoder by decoder."""
+    def _decoded(self, indices: Sequence[int] | None = None) -> Iterator[tuple[int, DecodedFrame]]:
+        """(index, decoded frame) for `indices` (default all), falling back decoder by decoder."""
+        n = self.number_of_frames
+        todo = list(range(n)) if indices is None else [int(i) for i in indices]
+        bad = [i for i in todo if not 0 <= i < n]
+        if bad:
+            raise IndexError(f"{self.path}: frame {bad[0]} out of range, it has {n} frames")
         names = list(self._names)
         if self.decoders_used:  # the decoder that worked before goes first
             names.remove(self.decoders_used[0])
             names.insert(0, self.decoders_used[0])
-        n, index, errors = self.number_of_frames, 0, []
+        pos, errors = 0, []
         for name in names:
-            if index >= n:
+            if pos >= len(todo):
                 break
             source = open_source(self.path, name, self.transfer_syntax_uid, self.photometric)
             try:
-                wanted = None if index == 0 else range(index, n)
+                # all frames in order: let the decoder stream; otherwise ask for the rest
+                wanted = None if (pos == 0 and indices is None) else todo[pos:]
                 for decoded in source.iter_frames(wanted):
                     self._check_shape(decoded)
                     if name not in self.decoders_used:
                         self.decoders_used.append(name)
-                    yield index, decoded
-                    index += 1
-                if index < n:
-                    errors.append(f"{name}: gave {index} of {n} frames")
+                    yield todo[pos], decoded
+                    pos += 1
+                if pos < len(todo):
+                    errors.append(f"{name}: gave {pos} of {len(todo)} frames")
             except Exception as exc:  # noqa: BLE001 - try the next decoder, report all
-                LOGGER.debug("%s: decoder %s failed at frame %d: %s", self.path, name, index, exc)
+                frame = todo[pos] if pos < len(todo) else "?"
+                LOGGER.debug("%s: decoder %s failed at frame %s: %s", self.path, name, frame, exc)
                 errors.append(f"{name}: {exc}")
             finally:
                 source.close()
-        if index < n:
-            raise FrameDecodeError(self.path, index, self.transfer_syntax_uid, "; ".join(errors))
+        if pos < len(todo):
+            raise FrameDecodeError(
+                self.path, todo[pos], self.transfer_syntax_uid, "; ".join(errors)
+            )
 
     def _check_shape(self, decoded: DecodedFrame) -> None:
         shape = decoded.array.shape
