@@ -12,7 +12,7 @@ from conftest import US_FILES, us_file
 from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.fileset import FileSet
-from pydicom.uid import MPEG2MPML
+from pydicom.uid import MPEG2MPML, DeflatedExplicitVRLittleEndian
 
 from dicom_sr.dicom.discover import Discovery, discover
 
@@ -160,3 +160,15 @@ def test_max_pixels():
     found = discover([path], max_pixels=pixels - 1)
     assert found.series == []
     assert "max_pixels" in _reason(found, path)
+
+
+def test_deflated(tmp_path):
+    ds = pydicom.dcmread(us_file("OBXXXX1A_2frame.dcm"))
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    good, short = tmp_path / "deflated.dcm", tmp_path / "short.dcm"
+    ds.save_as(good)
+    ds.NumberOfFrames = 3  # the data holds two
+    ds.save_as(short)
+    found = discover([good, short])
+    assert [i.path for s in found.series for i in s.instances] == [good]
+    assert "truncated" in _reason(found, short)

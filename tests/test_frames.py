@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 from conftest import us_file
 from pydicom.pixels import apply_color_lut, convert_color_space, pixel_array
-from pydicom.uid import MPEG2MPML, ExplicitVRLittleEndian
+from pydicom.uid import MPEG2MPML, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 from dicom_sr.dicom.discover import discover
 from dicom_sr.dicom.frames import (
@@ -315,3 +315,14 @@ def test_selected_frames_equal_streamed_frames(name, decoder):
             np.testing.assert_array_equal(f.chroma, streamed[f.index].chroma)
         with pytest.raises(IndexError, match="out of range"):
             next(reader.frames([reader.number_of_frames]))
+
+
+def test_deflated_equals_plain(tmp_path):
+    src = us_file("OBXXXX1A_2frame.dcm")
+    ds = pydicom.dcmread(src)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    path = tmp_path / "deflated.dcm"
+    ds.save_as(path)
+    for a, b in zip(FrameReader(src), FrameReader(path), strict=True):
+        np.testing.assert_array_equal(a.luma, b.luma)
+        np.testing.assert_array_equal(a.chroma, b.chroma)

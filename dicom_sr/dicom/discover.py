@@ -247,10 +247,12 @@ def _inspect(path: Path, f, max_pixels: int | None) -> Instance | Skipped:
             return Skipped(
                 str(path), f"missing {keyword} ({pydicom.datadict.tag_for_keyword(keyword):08X})"
             )
-    if uid.is_deflated:
+    stored: int | None = None  # bytes of native pixel data actually present
+    if uid.is_deflated:  # zlib stream: no file offsets, read it all (native data only)
         full = pydicom.dcmread(path)
         if "PixelData" not in full:
             return Skipped(str(path), "no Pixel Data (7FE0,0010)")
+        stored = len(full.PixelData)
     elif element is None:
         return Skipped(str(path), "no Pixel Data (7FE0,0010)")
     elif element.keyword != "PixelData":
@@ -268,15 +270,19 @@ def _inspect(path: Path, f, max_pixels: int | None) -> Instance | Skipped:
             str(path),
             f"frame of {cols}x{rows} = {rows * cols} pixels exceeds max_pixels {max_pixels}",
         )
-    if element is not None:
+    problem = None
+    if element is not None and uid.is_encapsulated:
         size = os.fstat(f.fileno()).st_size
-        problem = (
-            _check_encapsulated(f, element, uid, ds, frames, size)
-            if uid.is_encapsulated
-            else _check_native(element, ds, frames, size)
-        )
-        if problem:
-            return Skipped(str(path), problem)
+        problem = _check_encapsulated(f, element, uid, ds, frames, size)
+    elif element is not None:
+        if element.length == _UNDEFINED:
+            problem = "native Pixel Data (7FE0,0010) with undefined length"
+        else:
+            stored = min(element.length, os.fstat(f.fileno()).st_size - element.value_offset)
+    if stored is not None:
+        problem = _check_native(stored, ds, frames)
+    if problem:
+        return Skipped(str(path), problem)
 
     number = ds.get("InstanceNumber")
     return Instance(
@@ -294,13 +300,10 @@ def _inspect(path: Path, f, max_pixels: int | None) -> Instance | Skipped:
     )
 
 
-def _check_native(element, ds: Dataset, frames: int, size: int) -> str | None:
-    """Truncation check for native Pixel Data: declared and stored lengths vs the image."""
-    bits = int(ds.Rows) * int(ds.Columns) * int(ds.SamplesPerPixel) * frames
-    expected = (bits * int(ds.BitsAllocated) + 7) // 8
-    if element.length == _UNDEFINED:
-        return "native Pixel Data with undefined length"
-    stored = min(element.length, size - element.value_offset)
+def _check_native(stored: int, ds: Dataset, frames: int) -> str | None:
+    """Truncation check for native Pixel Data: bytes present vs the image size."""
+    samples = int(ds.Rows) * int(ds.Columns) * int(ds.SamplesPerPixel) * frames
+    expected = (samples * int(ds.BitsAllocated) + 7) // 8
     if stored < expected:
         return (
             f"truncated: Pixel Data (7FE0,0010) holds {stored} bytes, {expected} expected for "
