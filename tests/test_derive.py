@@ -378,3 +378,28 @@ def test_encoder_rejects_bad_frames():
         encoder.add(np.zeros((8, 8, 3), np.float32))
     with pytest.raises(ValueError, match="unknown compression"):
         FrameEncoder(8, 8, layout, "zip", 95)
+
+
+def test_text_attributes_respect_their_vr_limits():
+    """Long provenance and descriptions are cut to ST 1024 / LO 64 characters, suffix kept."""
+    _, pixels, layout = source("US1_UNCR.dcm")
+    header = dcmread(us_file("US1_UNCR.dcm"), stop_before_pixels=True)  # not the cached one
+    header.SeriesDescription = "D" * 64
+    long = Provenance(**{**PROVENANCE.__dict__, "pipeline_name": "p" * 80, "extra": "e" * 5000})
+    encoder = FrameEncoder(pixels.shape[1], pixels.shape[2], layout, "rle", 95)
+    encoder.add(pixels[0])
+    ds = derive_dataset(
+        header,
+        encoder.finish(),
+        scale=SCALE,
+        number_of_frames=1,
+        provenance=long,
+        output=OUTPUT,
+        series_uid="1.2.3",
+        sop_uid="1.2.4",
+    )
+    assert len(ds.DerivationDescription) <= 1024
+    assert "0123456789abcdef" in ds.DerivationDescription  # the hash survives the cut
+    assert all(len(v) <= 64 for v in ds.ContributingEquipmentSequence[-1].SoftwareVersions)
+    assert len(ds.SeriesDescription) <= 64
+    assert ds.SeriesDescription.endswith(OUTPUT.series_description_suffix.format(scale=SCALE))
