@@ -26,7 +26,15 @@ from dicom_sr.dicom.decoders import seek_pixel_data, undecodable_reason
 
 LOGGER = logging.getLogger(__name__)
 
-__all__ = ["Instance", "Series", "Skipped", "Discovery", "discover", "US_SOP_CLASSES"]
+__all__ = [
+    "Instance",
+    "Series",
+    "Skipped",
+    "Discovery",
+    "discover",
+    "inspect_file",
+    "US_SOP_CLASSES",
+]
 
 #: Ultrasound image storage SOP classes (current and retired).
 US_SOP_CLASSES: frozenset[str] = frozenset(
