@@ -18,8 +18,8 @@ Choices, and why:
   cannot be interpolated). 16-bit LUT entries are reduced to 8 bits by their high byte:
   US palettes are 8-bit values stored as ``v << 8`` or ``v * 257``, and ``>> 8`` gives ``v``
   for both. Non-segmented LUT data are read with the file's byte order (pydicom 3.0's
-  :func:`~pydicom.pixels.apply_color_lut` reads them little endian, which is wrong for the
-  big endian files); segmented LUTs are expanded by pydicom.
+  :func:`~pydicom.pixels.apply_color_lut` reads them in the machine's byte order, which is
+  wrong for big endian files); segmented LUTs are expanded by pydicom.
 * Colour images whose three channels agree within one level on every frame (grey stored as
   RGB) are kept grey: ``chroma`` is None and the layout is MONOCHROME2, 8 bit.
 """
