@@ -207,7 +207,11 @@ class FrameEncoder:
             raise ValueError("no frames were added to the encoder")
         n = len(self._frames)
         if self.transfer_syntax_uid.is_encapsulated:
-            pixel_data = encapsulate(self._frames, has_bot=True)
+            # The Basic Offset Table holds 32-bit offsets; past 4 GiB leave it empty (allowed).
+            offsets_fit = sum(len(f) + 8 for f in self._frames[:-1]) <= 2**32 - 1
+            if not offsets_fit:
+                logger.info("pixel data over 4 GiB: writing an empty Basic Offset Table")
+            pixel_data = encapsulate(self._frames, has_bot=offsets_fit)
         else:
             pixel_data = b"".join(self._frames)
             if len(pixel_data) % 2:
