@@ -58,6 +58,9 @@ def test_every_real_file_is_found_with_its_header():
         assert numbers == sorted(numbers)
         assert series.n_frames == sum(i.number_of_frames for i in series.instances)
     assert len({(s.study_uid, s.series_uid) for s in found.series}) == len(found.series)
+    every = discover(paths, unique_uids=False)
+    assert every.skipped == []
+    assert sorted(i.path for s in every.series for i in s.instances) == sorted(paths)
 
 
 def test_folders_recursive_dedup_and_read_only(tmp_path):

@@ -98,7 +98,12 @@ class Discovery:
     skipped: list[Skipped]
 
 
-def discover(inputs: Iterable[str | os.PathLike], *, max_pixels: int | None = None) -> Discovery:
+def discover(
+    inputs: Iterable[str | os.PathLike],
+    *,
+    max_pixels: int | None = None,
+    unique_uids: bool = True,
+) -> Discovery:
     """Group the ultrasound instances under `inputs` into series.
 
     Parameters
@@ -107,6 +112,10 @@ def discover(inputs: Iterable[str | os.PathLike], *, max_pixels: int | None = No
         Files, folders (searched recursively) and DICOMDIR files.
     max_pixels : int, optional
         Instances whose frames have more pixels (Rows x Columns) are skipped.
+    unique_uids : bool, optional
+        If True (default) a file whose SOP Instance UID was already found (a copy, or
+        another encoding of the same image) is skipped: its derived output would take the
+        same UID and path. False keeps every file (for evaluation over test collections).
 
     Returns
     -------
@@ -130,7 +139,7 @@ def discover(inputs: Iterable[str | os.PathLike], *, max_pixels: int | None = No
     groups: dict[tuple[str, str], Series] = {}
     first_path: dict[str, Path] = {}
     for inst in found:
-        if inst.sop_instance_uid in first_path:
+        if unique_uids and inst.sop_instance_uid in first_path:
             # same instance twice (a copy, or another encoding of it): outputs would collide
             other = first_path[inst.sop_instance_uid]
             skipped.append(
