@@ -19,6 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import Dataset, dcmread
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: O_APPEND alone
+    fcntl = None
 from pydicom.encaps import generate_frames
 
 __all__ = ["MANIFEST_NAME", "Manifest", "output_path", "write_atomic", "read_complete"]
@@ -98,9 +103,10 @@ def read_complete(path: str | os.PathLike[str]) -> Dataset | None:
 class Manifest:
     """``out_dir/manifest.jsonl``: one JSON object per written (or failed) instance.
 
-    Each record is appended with a single ``write`` on a file opened with ``O_APPEND`` and then
-    fsynced, so concurrent writers do not interleave and a crash loses at most the last line
-    (a torn last line is ignored by :meth:`entries`).
+    Each record is appended, under an exclusive ``flock``, with a single ``write`` on a file
+    opened with ``O_APPEND`` and then fsynced, so concurrent writers (threads, processes) do not
+    interleave and a crash loses at most the last line (a torn last line is ignored by
+    :meth:`entries`, and the next record starts on a fresh line).
     """
 
     def __init__(self, out_dir: str | os.PathLike[str]) -> None:
@@ -115,6 +121,8 @@ class Manifest:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
+            if fcntl is not None:  # one writer at a time, across threads and processes
+                fcntl.flock(fd, fcntl.LOCK_EX)
             data = (line + "\n").encode("ascii")
             size = os.fstat(fd).st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":
@@ -133,6 +141,8 @@ class Manifest:
         out = []
         with open(self.path, encoding="ascii", errors="replace") as fh:
             for number, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
                 try:
                     out.append(json.loads(line))
                 except json.JSONDecodeError:
