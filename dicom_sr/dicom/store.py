@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import Dataset, dcmread
+from pydicom.encaps import generate_frames
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows: O_APPEND alone
     fcntl = None
-from pydicom.encaps import generate_frames
 
 __all__ = ["MANIFEST_NAME", "Manifest", "output_path", "write_atomic", "read_complete"]
 
