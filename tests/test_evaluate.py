@@ -1,0 +1,136 @@
+"""run_evaluation on real ultrasound files: report.json, report.md and figures on disk."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from conftest import us_file
+from PIL import Image
+
+from dicom_sr.config import PipelineConfig
+from dicom_sr.evaluate import run_evaluation
+from dicom_sr.evaluate.protocol import Degradation, cine_scores, resolve_methods
+
+METHODS = ["bicubic", "ibp", "zssr"]
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    """One evaluation at x2 of a 30-frame colour cine, an RGB frame and a too-small frame."""
+    out = tmp_path_factory.mktemp("eval")
+    config = PipelineConfig().with_overrides({"engine.iterations": 2, "engine.ensemble": 1})
+    calls = []
+    report = run_evaluation(
+        [
+            us_file("examples_ybr_color.dcm"),
+            us_file("examples_rgb_color.dcm"),
+            us_file("ExplVR_BigEnd.dcm"),
+        ],
+        out,
+        methods=METHODS,
+        scales=[2],
+        config=config,
+        progress=lambda done, total: calls.append((done, total)),
+        cine_frames=3,
+    )
+    return out, report, calls
+
+
+def test_report_json(evaluated):
+    out, report, calls = evaluated
+    data = json.loads((out / "report.json").read_text())
+    assert data["methods"] == METHODS and data["scales"] == [2]
+    assert len(data["images"]) == 2
+    for img in data["images"]:
+        h, w = img["hr_shape"]
+        assert h % 2 == 0 and w % 2 == 0 and min(h, w) >= 96
+        for m in METHODS:
+            r = img["results"][m]["2"]
+            for key in ("psnr", "ssim", "vif_p", "train_seconds", "infer_seconds", "peak_rss_mb"):
+                assert isinstance(r[key], float) and math.isfinite(r[key]), (m, key)
+            assert 15 < r["psnr"] < 60 and 0 < r["ssim"] <= 1 and 0 < r["vif_p"] < 1.5
+            assert r["peak_rss_mb"] > 50
+        # back projection makes the input consistent: it must beat plain bicubic
+        assert img["results"]["ibp"]["2"]["psnr"] > img["results"]["bicubic"]["2"]["psnr"]
+    summary = data["summary"]["ibp"]["2"]["psnr"]
+    values = [img["results"]["ibp"]["2"]["psnr"] for img in data["images"]]
+    assert summary["n"] == 2 and summary["mean"] == pytest.approx(np.mean(values))
+    assert summary["std"] == pytest.approx(np.std(values))
+    # the 80 x 60 frame is reported, with the reason, not silently dropped
+    (skipped,) = data["skipped"]
+    assert "ExplVR_BigEnd" in skipped["path"] and "too small" in skipped["reason"]
+    # progress: every (image or cine) x method, ending at total
+    assert calls[-1][0] == calls[-1][1] == (2 + 1) * len(METHODS)
+
+
+def test_cine_section(evaluated):
+    out, report, _ = evaluated
+    (cine,) = report["cine"]
+    assert "examples_ybr_color" in cine["id"] and cine["scale"] == 2
+    for m in METHODS:
+        r = cine["results"][m]
+        assert r["frames"] == 3
+        assert r["source_mad"] > 0 and r["sr_mad"] > 0 and r["flicker"] >= 0
+        # super-resolving a degraded cine cannot recover all the source's frame-to-frame change
+        assert r["sr_mad"] < 1.5 * r["source_mad"]
+
+
+def test_report_markdown(evaluated):
+    out, report, _ = evaluated
+    md = (out / "report.md").read_text()
+    assert "| method | scale | PSNR [dB] | SSIM | VIF-P |" in md
+    for m in METHODS:
+        assert f"| {m} | x2 | " in md
+    mean = report["summary"]["ibp"]["2"]["psnr"]["mean"]
+    assert f"{mean:.2f} ± " in md
+    assert "Cine temporal consistency" in md and "VIF-P" in md
+    assert "## Not evaluated" in md and "ExplVR_BigEnd" in md
+
+
+def test_figures(evaluated):
+    out, report, _ = evaluated
+    assert len(report["figures"]) == 3  # two images + one cine
+    for rel in report["figures"]:
+        path = out / rel
+        with Image.open(path) as im:
+            im.verify()
+        with Image.open(path) as im:
+            w, h = im.size
+            assert im.format == "PNG" and 600 <= w <= 3000 and 250 <= h <= 1500
+            px = np.asarray(im.convert("L"))
+            assert px.std() > 20  # images, not a blank canvas
+
+
+def test_cine_scores_known_values():
+    """A static SR of a changing source has zero SR change and flicker = source change."""
+    rng = np.random.default_rng(1)
+    hr = [rng.random((40, 40)).astype(np.float32) for _ in range(3)]
+    static = [hr[0]] * 3
+    r = cine_scores(hr, static, 2)
+    inner = [f[2:-2, 2:-2] for f in hr]
+    expect = np.mean([np.abs(b - a).mean() for a, b in zip(inner, inner[1:], strict=False)])
+    assert r["sr_mad"] == 0 and r["mad_ratio"] == 0
+    assert r["source_mad"] == pytest.approx(expect) and r["flicker"] == pytest.approx(expect)
+
+
+def test_degradation_psf_is_anisotropic():
+    """The PSF blurs columns (lateral) more than rows (axial); the engine's kernel is untouched."""
+    img = np.zeros((64, 64), np.float32)
+    img[32, 32] = 1.0
+    lr = Degradation(kernel="psf", sigma_axial=0.5, sigma_lateral=1.5).apply(img, 2)
+    rows_spread = (lr.sum(axis=1) > 1e-3).sum()
+    cols_spread = (lr.sum(axis=0) > 1e-3).sum()
+    assert cols_spread > rows_spread
+    bic = Degradation().apply(img, 2)
+    assert bic.shape == lr.shape == (32, 32) and not np.allclose(bic, lr)
+
+
+def test_resolve_methods_keeps_run_settings():
+    config = PipelineConfig().with_overrides({"engine.iterations": 7, "engine.seed": 3})
+    specs = resolve_methods(["bicubic", "cyclegan"], config)
+    assert [s.engine.method for s in specs] == ["bicubic", "cyclegan"]
+    assert all(s.engine.iterations == 7 and s.engine.seed == 3 for s in specs)
+    assert not any(s.ablation for s in specs)
