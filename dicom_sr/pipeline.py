@@ -107,7 +107,9 @@ class RunResult:
     def all_skipped(self) -> list[Skipped]:
         """Skipped inputs plus instances that failed while being processed."""
         failed = [
-            Skipped(str(r.source), r.reason) for s in self.series for r in s.instances
+            Skipped(str(r.source), r.reason)
+            for s in self.series
+            for r in s.instances
             if r.status == "failed"
         ]
         return [*self.skipped, *failed]
@@ -181,8 +183,13 @@ def train_series(
     if n == 1 or len(crops) == 1:
         return fit(crops, eng, init=init, progress=report)
     if init is not None:
-        return fit(crops, eng, init=init, iterations=round(eng.cine_budget * eng.iterations),
-                   progress=report)
+        return fit(
+            crops,
+            eng,
+            init=init,
+            iterations=round(eng.cine_budget * eng.iterations),
+            progress=report,
+        )
     return fit_cine(crops, eng, progress=report)
 
 
@@ -200,8 +207,9 @@ def _super_resolve_frame(
             if eng.cine_mode == "cold":
                 frame_model = fit([crop], eng)
             elif eng.finetune_iterations > 0:
-                frame_model = fit([crop], eng, init=model, iterations=eng.finetune_iterations,
-                                  lr=eng.finetune_lr)
+                frame_model = fit(
+                    [crop], eng, init=model, iterations=eng.finetune_iterations, lr=eng.finetune_lr
+                )
         luma[s * r.y0 : s * (r.y1 + 1), s * r.x0 : s * (r.x1 + 1)] = upscale(crop, frame_model, eng)
     chroma = None if frame.chroma is None else upscale_np(frame.chroma, s, "bicubic")
     return luma, chroma
@@ -233,8 +241,11 @@ def process_series(
     manifest = Manifest(out_dir)
     todo = []
     for inst in series.instances:
-        path = out_dir / series.study_uid / result.derived_series_uid / (
-            derived_uid(root, inst.sop_instance_uid, cfg_hash) + ".dcm"
+        path = (
+            out_dir
+            / series.study_uid
+            / result.derived_series_uid
+            / (derived_uid(root, inst.sop_instance_uid, cfg_hash) + ".dcm")
         )
         if manifest.done(path):
             result.instances.append(InstanceResult(inst.path, "done", path, inst.number_of_frames))
@@ -258,8 +269,13 @@ def process_series(
         try:
             with open_frames(inst) as reader:
                 boxes = us_regions.tissue_regions(reader.header, inst.rows, inst.columns)
-                encoder = FrameEncoder(inst.rows * s, inst.columns * s, reader.layout,
-                                       config.output.compress, config.output.jpeg_quality)
+                encoder = FrameEncoder(
+                    inst.rows * s,
+                    inst.columns * s,
+                    reader.layout,
+                    config.output.compress,
+                    config.output.jpeg_quality,
+                )
                 n = 0
                 for frame in reader:
                     luma, chroma = _super_resolve_frame(frame, boxes, model, config)
@@ -269,21 +285,34 @@ def process_series(
                     if progress:
                         progress(ProgressEvent(series.series_uid, "frames", done, total))
                 ds = derive_dataset(
-                    reader.header, encoder.finish(), scale=s, number_of_frames=n,
-                    provenance=provenance, output=config.output,
+                    reader.header,
+                    encoder.finish(),
+                    scale=s,
+                    number_of_frames=n,
+                    provenance=provenance,
+                    output=config.output,
                     series_uid=result.derived_series_uid,
                     sop_uid=derived_uid(root, inst.sop_instance_uid, cfg_hash),
                 )
             path = output_path(out_dir, ds)
             write_atomic(ds, path)
             seconds = time.perf_counter() - t_inst
-            manifest.record({
-                "source": str(inst.path), "source_sop_uid": inst.sop_instance_uid,
-                "output": str(path.relative_to(out_dir)), "sop_uid": ds.SOPInstanceUID,
-                "series_uid": ds.SeriesInstanceUID, "config_hash": cfg_hash,
-                "pipeline": config.name, "method": config.engine.method, "scale": s,
-                "frames": n, "seconds": round(seconds, 3), "status": "written",
-            })
+            manifest.record(
+                {
+                    "source": str(inst.path),
+                    "source_sop_uid": inst.sop_instance_uid,
+                    "output": str(path.relative_to(out_dir)),
+                    "sop_uid": ds.SOPInstanceUID,
+                    "series_uid": ds.SeriesInstanceUID,
+                    "config_hash": cfg_hash,
+                    "pipeline": config.name,
+                    "method": config.engine.method,
+                    "scale": s,
+                    "frames": n,
+                    "seconds": round(seconds, 3),
+                    "status": "written",
+                }
+            )
             result.instances.append(InstanceResult(inst.path, "written", path, n))
             logger.info("wrote %s (%d frames, %.1f s)", path.name, n, seconds)
         except (FrameDecodeError, ValueError, OSError) as exc:

@@ -29,19 +29,30 @@ def _run(*args: str) -> tuple[int, dict | None, str]:
 def _digest(folder: Path) -> dict[str, str]:
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*")) if p.is_file()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
     }
 
 
-def _source_rgb_or_grey(ds: pydicom.Dataset) -> np.ndarray:
+#: pydicom 3.0.2's apply_color_lut reads non-segmented LUTs of big-endian files in the machine's
+#: byte order; the little-endian twin of those files is the reference instead.
+_LE_TWIN = {"OBXXXX1A_expb.dcm": "OBXXXX1A.dcm", "OBXXXX1A_expb_2frame.dcm": "OBXXXX1A_2frame.dcm"}
+
+
+def _source_rgb_or_grey(ds: pydicom.Dataset, name: str) -> np.ndarray:
     """The source pixels as the viewer shows them: RGB uint8 for colour, stored values for grey."""
+    if name in _LE_TWIN:
+        ds = pydicom.dcmread(us_file(_LE_TWIN[name]))
     arr = ds.pixel_array
     pi = ds.PhotometricInterpretation
     if pi == "PALETTE COLOR":
         arr = apply_color_lut(arr, ds)
         if arr.dtype != np.uint8:
             arr = np.round(arr / 257.0).astype(np.uint8)
-    elif pi.startswith("YBR") and ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian:
+    elif (
+        pi.startswith("YBR")
+        and ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    ):
         arr = convert_color_space(arr, pi, "RGB")
     return arr
 
@@ -55,8 +66,17 @@ def test_process_bicubic_every_real_file(name: str, tmp_path: Path) -> None:
     inputs.mkdir()
     shutil.copy(src, inputs / name)
     before = _digest(inputs)
-    code, summary, out = _run(str(inputs), "--out", str(tmp_path / "out"), "--method", "bicubic",
-                              "--scale", "2", "--compress", "rle")
+    code, summary, out = _run(
+        str(inputs),
+        "--out",
+        str(tmp_path / "out"),
+        "--method",
+        "bicubic",
+        "--scale",
+        "2",
+        "--compress",
+        "rle",
+    )
     assert code == 0, out
     assert _digest(inputs) == before, "input modified"
     assert summary["skipped"] == [], summary["skipped"]
@@ -89,7 +109,7 @@ def test_process_bicubic_every_real_file(name: str, tmp_path: Path) -> None:
     assert (out_ds.Rows, out_ds.Columns) == (2 * src_ds.Rows, 2 * src_ds.Columns)
     colour = src_ds.SamplesPerPixel == 3 or src_ds.PhotometricInterpretation == "PALETTE COLOR"
     out_px = out_ds.pixel_array
-    src_px = _source_rgb_or_grey(src_ds)
+    src_px = _source_rgb_or_grey(src_ds, name)
     if frames == 1:
         out_px, src_px = out_px[None], src_px[None]
     if out_ds.PhotometricInterpretation == "MONOCHROME2" and colour:
@@ -101,7 +121,9 @@ def test_process_bicubic_every_real_file(name: str, tmp_path: Path) -> None:
     # downscaling the output by 2x2 block means gives the source back within a few levels
     # (bicubic and pixel replication both preserve local means up to interpolation overshoot)
     o = out_px.astype(np.float64)
-    blocks = o.reshape(o.shape[0], src_ds.Rows, 2, src_ds.Columns, 2, *o.shape[3:]).mean(axis=(2, 4))
+    blocks = o.reshape(o.shape[0], src_ds.Rows, 2, src_ds.Columns, 2, *o.shape[3:]).mean(
+        axis=(2, 4)
+    )
     err = np.abs(blocks - src_px.astype(np.float64))
     scale = 255.0 if out_ds.BitsStored == 8 else float(2**out_ds.BitsStored - 1)
     assert np.median(err) / scale < 0.01
@@ -120,8 +142,10 @@ def test_process_regions_pixel_replication_outside_tissue(tmp_path: Path) -> Non
     outside = np.ones(src_px.shape, bool)
     for r in src_ds.SequenceOfUltrasoundRegions:
         if r.RegionSpatialFormat == 1 and r.RegionDataType == 1:
-            outside[r.RegionLocationMinY0 : r.RegionLocationMaxY1 + 1,
-                    r.RegionLocationMinX0 : r.RegionLocationMaxX1 + 1] = False
+            outside[
+                r.RegionLocationMinY0 : r.RegionLocationMaxY1 + 1,
+                r.RegionLocationMinX0 : r.RegionLocationMaxX1 + 1,
+            ] = False
     mask = np.repeat(np.repeat(outside, 2, axis=0), 2, axis=1)
     assert mask.any() and not mask.all()
     np.testing.assert_array_equal(out_ds.pixel_array[mask], rep[mask])
@@ -143,7 +167,9 @@ def test_rerun_skips_done_and_keeps_files(tmp_path: Path) -> None:
     assert path.stat().st_mtime_ns == mtime
     assert not list(out.rglob("*.tmp*"))
     lines = (out / "manifest.jsonl").read_text().splitlines()
-    assert len(lines) == 1 and json.loads(lines[0])["sop_uid"] == pydicom.dcmread(path).SOPInstanceUID
+    assert (
+        len(lines) == 1 and json.loads(lines[0])["sop_uid"] == pydicom.dcmread(path).SOPInstanceUID
+    )
     # another configuration is another derived series, not a clash
     code, third, _ = _run(str(src), "--out", str(out), "--method", "ibp")
     assert code == 0 and len(third["series"][0]["written"]) == 1
@@ -185,8 +211,17 @@ def test_nothing_usable_exits_nonzero(tmp_path: Path) -> None:
 def test_bad_option_names_the_key(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('name = "bad"\n[engine]\nscale = 2\ncolour = 1\n')
-    result = CliRunner().invoke(main, ["process", str(us_file("US1_UNCR.dcm")), "--out",
-                                       str(tmp_path / "o"), "--pipeline", str(bad)])
+    result = CliRunner().invoke(
+        main,
+        [
+            "process",
+            str(us_file("US1_UNCR.dcm")),
+            "--out",
+            str(tmp_path / "o"),
+            "--pipeline",
+            str(bad),
+        ],
+    )
     assert result.exit_code == 2
     assert "engine.colour" in result.output
 
@@ -194,8 +229,14 @@ def test_bad_option_names_the_key(tmp_path: Path) -> None:
 def test_pixel_limit_skips_large_frames(tmp_path: Path) -> None:
     pipe = tmp_path / "small.toml"
     pipe.write_text('name = "small"\n[engine]\nmethod = "bicubic"\n[output]\nmax_pixels = 10000\n')
-    code, summary, _ = _run(str(us_file("US1_UNCR.dcm")), str(us_file("color-px.dcm")), "--out",
-                            str(tmp_path / "o"), "--pipeline", str(pipe))
+    code, summary, _ = _run(
+        str(us_file("US1_UNCR.dcm")),
+        str(us_file("color-px.dcm")),
+        "--out",
+        str(tmp_path / "o"),
+        "--pipeline",
+        str(pipe),
+    )
     assert code != 0
     reasons = " ".join(k["reason"] for k in summary["skipped"])
     assert "pixel" in reasons.lower()
@@ -204,8 +245,17 @@ def test_pixel_limit_skips_large_frames(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["examples_ybr_color.dcm", "OBXXXX1A.dcm"])
 def test_process_cyclegan_on_real_files(name: str, tmp_path: Path) -> None:
     """The real default method, with a tiny budget, writes a valid derived object."""
-    code, summary, out = _run(str(us_file(name)), "--out", str(tmp_path), "--iterations", "8",
-                              "--ensemble", "1", "--seed", "1")
+    code, summary, out = _run(
+        str(us_file(name)),
+        "--out",
+        str(tmp_path),
+        "--iterations",
+        "8",
+        "--ensemble",
+        "1",
+        "--seed",
+        "1",
+    )
     assert code == 0, out
     ds = pydicom.dcmread(summary["series"][0]["written"][0])
     assert "cyclegan" in ds.DerivationDescription

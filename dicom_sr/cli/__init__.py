@@ -17,19 +17,46 @@ from dicom_sr.config import DEFAULT_PIPELINE, ConfigError, PipelineConfig, load_
 logger = logging.getLogger("dicom_sr")
 
 _ENGINE_OPTIONS = [
-    click.option("--pipeline", "pipeline", default=DEFAULT_PIPELINE, show_default=True,
-                 metavar="NAME|FILE", help="Pipeline name (pipelines/NAME.toml) or a TOML file."),
-    click.option("--method", type=click.Choice(["cyclegan", "zssr", "ibp", "bicubic"]),
-                 default=None, help="SR method (default: the pipeline's, cyclegan)."),
-    click.option("--iterations", type=click.IntRange(min=0), default=None,
-                 help="Training iteration cap per training run."),
-    click.option("--ensemble", type=click.Choice(["1", "2", "8"]), default=None,
-                 help="Self-ensemble size at inference (8 = all flips and rotations)."),
-    click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
-                 help="Where the engine runs; auto takes CUDA when there is one."),
+    click.option(
+        "--pipeline",
+        "pipeline",
+        default=DEFAULT_PIPELINE,
+        show_default=True,
+        metavar="NAME|FILE",
+        help="Pipeline name (pipelines/NAME.toml) or a TOML file.",
+    ),
+    click.option(
+        "--method",
+        type=click.Choice(["cyclegan", "zssr", "ibp", "bicubic"]),
+        default=None,
+        help="SR method (default: the pipeline's, cyclegan).",
+    ),
+    click.option(
+        "--iterations",
+        type=click.IntRange(min=0),
+        default=None,
+        help="Training iteration cap per training run.",
+    ),
+    click.option(
+        "--ensemble",
+        type=click.Choice(["1", "2", "8"]),
+        default=None,
+        help="Self-ensemble size at inference (8 = all flips and rotations).",
+    ),
+    click.option(
+        "--device",
+        type=click.Choice(["auto", "cpu", "cuda"]),
+        default=None,
+        help="Where the engine runs; auto takes CUDA when there is one.",
+    ),
     click.option("--seed", type=int, default=None, help="Random seed (same seed, same output)."),
-    click.option("--vgg19", "vgg19", type=click.Path(exists=True, dir_okay=False), default=None,
-                 help="Local torchvision VGG19 state dict for the perceptual loss."),
+    click.option(
+        "--vgg19",
+        "vgg19",
+        type=click.Path(exists=True, dir_okay=False),
+        default=None,
+        help="Local torchvision VGG19 state dict for the perceptual loss.",
+    ),
 ]
 
 
@@ -82,38 +109,89 @@ def main() -> None:
 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Output folder: OUT/<StudyUID>/<SeriesUID>/<SOPUID>.dcm plus manifest.jsonl.")
-@click.option("--scale", type=click.Choice(["2", "3", "4"]), default=None,
-              help="Upscaling factor (default: the pipeline's).")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Output folder: OUT/<StudyUID>/<SeriesUID>/<SOPUID>.dcm plus manifest.jsonl.",
+)
+@click.option(
+    "--scale",
+    type=click.Choice(["2", "3", "4"]),
+    default=None,
+    help="Upscaling factor (default: the pipeline's).",
+)
 @_engine_options
-@click.option("--compress", type=click.Choice(["none", "rle", "jpeg", "jpegls", "j2k"]),
-              default=None, help="Output transfer syntax (default: the pipeline's, RLE lossless).")
-@click.option("--finetune", type=click.IntRange(min=0), default=None, metavar="N",
-              help="Fine-tune the cine model N iterations on each frame (low rate).")
-@click.option("--cine-mode", type=click.Choice(["shared", "finetune", "cold"]), default=None,
-              help="Cines: train once and reuse (shared), fine-tune per frame, or train each cold.")
-@click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Start from weights saved by --save-weights.")
-@click.option("--save-weights", type=click.Path(dir_okay=False), default=None,
-              help="Save the trained weights (one file per series: FILE, FILE-2, ...).")
+@click.option(
+    "--compress",
+    type=click.Choice(["none", "rle", "jpeg", "jpegls", "j2k"]),
+    default=None,
+    help="Output transfer syntax (default: the pipeline's, RLE lossless).",
+)
+@click.option(
+    "--finetune",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="Fine-tune the cine model N iterations on each frame (low rate).",
+)
+@click.option(
+    "--cine-mode",
+    type=click.Choice(["shared", "finetune", "cold"]),
+    default=None,
+    help="Cines: train once and reuse (shared), fine-tune per frame, or train each cold.",
+)
+@click.option(
+    "--weights",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Start from weights saved by --save-weights.",
+)
+@click.option(
+    "--save-weights",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Save the trained weights (one file per series: FILE, FILE-2, ...).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars; warnings only.")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-def process(inputs, out_dir, pipeline, scale, method, iterations, ensemble, device, seed, vgg19,
-            compress, finetune, cine_mode, weights, save_weights, as_json, quiet, verbose):
+def process(
+    inputs,
+    out_dir,
+    pipeline,
+    scale,
+    method,
+    iterations,
+    ensemble,
+    device,
+    seed,
+    vgg19,
+    compress,
+    finetune,
+    cine_mode,
+    weights,
+    save_weights,
+    as_json,
+    quiet,
+    verbose,
+):
     """Super-resolve the B-mode DICOM series in INPUTS (files, folders, DICOMDIR) into --out."""
     _setup_logging(verbose, quiet or as_json)
     overrides = _engine_overrides(scale, method, iterations, ensemble, device, seed, vgg19)
-    overrides.update({
-        "output.compress": compress,
-        "engine.finetune_iterations": finetune,
-        "engine.cine_mode": cine_mode or ("finetune" if finetune else None),
-    })
+    overrides.update(
+        {
+            "output.compress": compress,
+            "engine.finetune_iterations": finetune,
+            "engine.cine_mode": cine_mode or ("finetune" if finetune else None),
+        }
+    )
     config = _load_config(pipeline, overrides)
 
     from dicom_sr.cli.progress import RunProgress
-    from dicom_sr.engine import load_weights, save_weights as save
+    from dicom_sr.engine import load_weights
+    from dicom_sr.engine import save_weights as save
     from dicom_sr.pipeline import process_inputs
 
     init = None
@@ -126,7 +204,10 @@ def process(inputs, out_dir, pipeline, scale, method, iterations, ensemble, devi
     show = not (quiet or as_json) and sys.stderr.isatty()
     with RunProgress(enabled=show) if show else nullcontext() as bars:
         run = process_inputs(
-            inputs, config, out, init=init,
+            inputs,
+            config,
+            out,
+            init=init,
             progress=bars.on_progress if bars else None,
             on_series=bars.on_series if bars else None,
         )
@@ -180,39 +261,75 @@ def _print_summary(summary: dict[str, Any], quiet: bool) -> None:
 
     console = _console(stderr=False)
     if not quiet:
-        table = Table(title=f"dicom-sr {summary['method']} x{summary['scale']} "
-                            f"({summary['pipeline']}, config {summary['config_hash']})")
+        table = Table(
+            title=f"dicom-sr {summary['method']} x{summary['scale']} "
+            f"({summary['pipeline']}, config {summary['config_hash']})"
+        )
         for col in ("series (derived)", "frames", "written", "already done", "train s", "total s"):
             table.add_column(col)
         for s in summary["series"]:
-            table.add_row(s["derived_series_uid"][-24:], str(s["frames"]), str(len(s["written"])),
-                          str(len(s["already_done"])), f"{s['train_seconds']:.1f}",
-                          f"{s['seconds']:.1f}")
+            table.add_row(
+                s["derived_series_uid"][-24:],
+                str(s["frames"]),
+                str(len(s["written"])),
+                str(len(s["already_done"])),
+                f"{s['train_seconds']:.1f}",
+                f"{s['seconds']:.1f}",
+            )
         console.print(table)
     for k in summary["skipped"]:
         console.print(f"[yellow]skipped[/] {k['path']}: {k['reason']}", highlight=False)
     console.print(
         f"{len(summary['series'])} series, {summary['frames']} frames, "
         f"{summary['instances_written']} instances written, {len(summary['skipped'])} skipped, "
-        f"{summary['seconds']:.1f} s -> {summary['out']}", highlight=False,
+        f"{summary['seconds']:.1f} s -> {summary['out']}",
+        highlight=False,
     )
 
 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Report folder: report.json, report.md and PNG figures.")
-@click.option("--methods", default="bicubic,ibp,zssr,cyclegan", show_default=True,
-              help="Comma-separated methods and ablation pipelines (ablation-gan-alone, ...).")
-@click.option("--scale", default="2,4", show_default=True,
-              help="Comma-separated scales to evaluate.")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Report folder: report.json, report.md and PNG figures.",
+)
+@click.option(
+    "--methods",
+    default="bicubic,ibp,zssr,cyclegan",
+    show_default=True,
+    help="Comma-separated methods and ablation pipelines (ablation-gan-alone, ...).",
+)
+@click.option(
+    "--scale", default="2,4", show_default=True, help="Comma-separated scales to evaluate."
+)
 @_engine_options
-@click.option("--max-images", type=click.IntRange(min=1), default=None,
-              help="Evaluate at most this many frames.")
+@click.option(
+    "--max-images",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Evaluate at most this many frames.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Warnings only.")
 @click.option("-v", "--verbose", count=True)
-def evaluate(inputs, out_dir, methods, pipeline, scale, method, iterations, ensemble, device,
-             seed, vgg19, max_images, quiet, verbose):
+def evaluate(
+    inputs,
+    out_dir,
+    methods,
+    pipeline,
+    scale,
+    method,
+    iterations,
+    ensemble,
+    device,
+    seed,
+    vgg19,
+    max_images,
+    quiet,
+    verbose,
+):
     """Degrade real frames, super-resolve them with each method and score them (PSNR, SSIM, VIF-P).
 
     The protocol of the paper: crop to tissue, degrade by each scale, super-resolve, compare.
@@ -220,17 +337,25 @@ def evaluate(inputs, out_dir, methods, pipeline, scale, method, iterations, ense
     _setup_logging(verbose, quiet)
     from dicom_sr.evaluate import run_evaluation
 
-    config = _load_config(pipeline, _engine_overrides(None, method, iterations, ensemble, device,
-                                                      seed, vgg19))
+    config = _load_config(
+        pipeline, _engine_overrides(None, method, iterations, ensemble, device, seed, vgg19)
+    )
     try:
         scales = [int(s) for s in scale.split(",") if s.strip()]
     except ValueError:
-        raise click.BadParameter(f"not a list of integers: {scale!r}", param_hint="--scale") from None
+        raise click.BadParameter(
+            f"not a list of integers: {scale!r}", param_hint="--scale"
+        ) from None
     if not scales or any(s not in (2, 3, 4) for s in scales):
         raise click.BadParameter("scales must be 2, 3 or 4", param_hint="--scale")
-    report = run_evaluation([Path(p) for p in inputs], Path(out_dir),
-                            methods=[m.strip() for m in methods.split(",") if m.strip()],
-                            scales=scales, config=config, max_images=max_images)
+    report = run_evaluation(
+        [Path(p) for p in inputs],
+        Path(out_dir),
+        methods=[m.strip() for m in methods.split(",") if m.strip()],
+        scales=scales,
+        config=config,
+        max_images=max_images,
+    )
     click.echo(f"report written to {out_dir} ({len(report.get('images', []))} images)")
 
 
