@@ -69,12 +69,15 @@ def gan_loss(logits: torch.Tensor, real: bool, mode: str) -> torch.Tensor:
     raise ValueError(f"unknown gan_mode {mode!r} (expected 'log' or 'lsgan')")
 
 
-def feature_distance(nets: Networks, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def feature_distance(
+    nets: Networks, a: torch.Tensor, b: torch.Tensor, feats_a: list[torch.Tensor] | None = None
+) -> torch.Tensor:
     """Perceptual distance of Eq. 3: mean squared feature difference.
 
     VGG19 conv4_4 features when ``nets.vgg`` is set; otherwise the fallback, the activations of
     the five layers of ``D_hr`` (its parameters frozen by the caller during the generator
-    step), averaged over layers. ``b`` is the target and carries no gradient.
+    step), averaged over layers; ``feats_a`` passes ``D_hr.features(a)`` when already computed.
+    ``b`` is the target and carries no gradient.
     """
     if nets.vgg is not None:
         with torch.no_grad():
@@ -82,7 +85,7 @@ def feature_distance(nets: Networks, a: torch.Tensor, b: torch.Tensor) -> torch.
         return nnf.mse_loss(nets.vgg(a), fb)
     if nets.d_hr is None:
         raise ValueError("perceptual loss needs VGG19 weights or D_hr")
-    fa = nets.d_hr.features(a)
+    fa = nets.d_hr.features(a) if feats_a is None else feats_a
     with torch.no_grad():
         fb = nets.d_hr.features(b)
     return torch.stack([nnf.mse_loss(p, q) for p, q in zip(fa, fb)]).mean()
@@ -113,12 +116,18 @@ def generator_losses(
     terms: dict[str, torch.Tensor] = {}
     if w.pixel > 0:
         terms["pixel"] = nnf.l1_loss(sr, y) + nnf.l1_loss(lr_fake, x)
+    sr_feats = None  # D_hr's features of G(x), shared by the perceptual and adversarial terms
     if w.perceptual > 0:
-        terms["perceptual"] = feature_distance(nets, sr, y) + feature_distance(nets, lr_fake, x)
+        if nets.vgg is None and nets.d_hr is not None:
+            sr_feats = nets.d_hr.features(sr)
+        terms["perceptual"] = feature_distance(nets, sr, y, sr_feats) + feature_distance(
+            nets, lr_fake, x
+        )
     if w.adversarial > 0:
         if nets.d_hr is None or nets.d_lr is None:
             raise ValueError("adversarial loss needs both discriminators")
-        terms["adversarial"] = gan_loss(nets.d_hr(sr), True, config.gan_mode) + gan_loss(
+        logits_hr = nets.d_hr(sr) if sr_feats is None else nets.d_hr.out(sr_feats[-1])
+        terms["adversarial"] = gan_loss(logits_hr, True, config.gan_mode) + gan_loss(
             nets.d_lr(lr_fake), True, config.gan_mode
         )
     if w.cycle_forward > 0:  # LR -> SR -> LR
