@@ -20,11 +20,12 @@ import numpy as np
 from dicom_sr import __version__
 from dicom_sr.config import PipelineConfig
 from dicom_sr.dicom import regions as us_regions
-from dicom_sr.dicom.derive import Provenance, derive_dataset, derived_uid
-from dicom_sr.dicom.discover import Discovery, Series, Skipped, discover
+from dicom_sr.dicom.derive import derive_dataset
+from dicom_sr.dicom.discover import Discovery, Instance, Series, Skipped, discover
 from dicom_sr.dicom.encode import FrameEncoder
 from dicom_sr.dicom.frames import Frame, FrameDecodeError, open_frames, to_pixels
-from dicom_sr.dicom.store import Manifest, output_path, write_atomic
+from dicom_sr.dicom.provenance import Provenance, derived_series_uid, derived_sop_uid
+from dicom_sr.dicom.store import Manifest, instance_path, output_path, write_atomic
 from dicom_sr.engine import TrainedModel, fit, fit_cine, upscale, upscale_np
 
 __all__ = [
@@ -130,22 +131,26 @@ def _provenance(config: PipelineConfig, model: TrainedModel | None) -> Provenanc
 
 
 def _iter_tissue_crops(series: Series, indices: set[int]) -> Iterator[np.ndarray]:
-    """Luminance crops of the tissue regions of the series frames whose running index is wanted."""
-    k = 0
+    """Luminance crops of the tissue regions of the wanted frames (running index over the series).
+
+    Only the wanted frames are decoded.
+    """
+    first = 0
     for inst in series.instances:
+        local = sorted(i - first for i in indices if first <= i < first + inst.number_of_frames)
+        first += inst.number_of_frames
+        if not local:
+            continue
         try:
             with open_frames(inst) as reader:
                 boxes = us_regions.tissue_regions(reader.header, inst.rows, inst.columns)
-                for frame in reader:
-                    if k in indices:
-                        for r in boxes:
-                            crop = frame.luma[r.y0 : r.y1 + 1, r.x0 : r.x1 + 1]
-                            if min(crop.shape) >= MIN_TRAIN_SIDE:
-                                yield crop
-                    k += 1
+                for frame in reader.frames(local):
+                    for r in boxes:
+                        crop = frame.luma[r.y0 : r.y1 + 1, r.x0 : r.x1 + 1]
+                        if min(crop.shape) >= MIN_TRAIN_SIDE:
+                            yield crop
         except FrameDecodeError as exc:
             logger.warning("not used for training: %s", exc)
-            k += inst.number_of_frames
 
 
 def _spread(n: int, k: int) -> list[int]:
@@ -215,6 +220,68 @@ def _super_resolve_frame(
     return luma, chroma
 
 
+def _write_instance(
+    inst: Instance,
+    model: TrainedModel,
+    config: PipelineConfig,
+    out_dir: Path,
+    derived_series: str,
+    provenance: Provenance,
+    on_frame: Callable[[], None],
+) -> InstanceResult:
+    """Stream one instance's frames through the engine and the encoder, then write it."""
+    t0 = time.perf_counter()
+    s = config.engine.scale
+    cfg_hash = provenance.config_hash
+    sop_uid = derived_sop_uid(config.output.uid_root, inst.sop_instance_uid, cfg_hash)
+    with open_frames(inst) as reader:
+        boxes = us_regions.tissue_regions(reader.header, inst.rows, inst.columns)
+        encoder = FrameEncoder(
+            inst.rows * s,
+            inst.columns * s,
+            reader.layout,
+            config.output.compress,
+            config.output.jpeg_quality,
+        )
+        n = 0
+        for frame in reader:
+            luma, chroma = _super_resolve_frame(frame, boxes, model, config)
+            encoder.add(to_pixels(luma, chroma, reader.layout))
+            n += 1
+            on_frame()
+        ds = derive_dataset(
+            reader.header,
+            encoder.finish(),
+            scale=s,
+            number_of_frames=n,
+            provenance=provenance,
+            output=config.output,
+            series_uid=derived_series,
+            sop_uid=sop_uid,
+        )
+    path = output_path(out_dir, ds)
+    write_atomic(ds, path)
+    seconds = time.perf_counter() - t0
+    Manifest(out_dir).record(
+        {
+            "source": str(inst.path),
+            "source_sop_uid": inst.sop_instance_uid,
+            "output": str(path.relative_to(out_dir)),
+            "sop_uid": sop_uid,
+            "series_uid": derived_series,
+            "config_hash": cfg_hash,
+            "pipeline": config.name,
+            "method": config.engine.method,
+            "scale": s,
+            "frames": n,
+            "seconds": round(seconds, 3),
+            "status": "written",
+        }
+    )
+    logger.info("wrote %s (%d frames, %.1f s)", path.name, n, seconds)
+    return InstanceResult(inst.path, "written", path, n)
+
+
 def process_series(
     series: Series,
     config: PipelineConfig,
@@ -236,17 +303,13 @@ def process_series(
     result = SeriesResult(
         study_uid=series.study_uid,
         source_series_uid=series.series_uid,
-        derived_series_uid=derived_uid(root, series.series_uid, cfg_hash),
+        derived_series_uid=derived_series_uid(root, series.series_uid, cfg_hash),
     )
     manifest = Manifest(out_dir)
     todo = []
     for inst in series.instances:
-        path = (
-            out_dir
-            / series.study_uid
-            / result.derived_series_uid
-            / (derived_uid(root, inst.sop_instance_uid, cfg_hash) + ".dcm")
-        )
+        sop_uid = derived_sop_uid(root, inst.sop_instance_uid, cfg_hash)
+        path = instance_path(out_dir, series.study_uid, result.derived_series_uid, sop_uid)
         if manifest.done(path):
             result.instances.append(InstanceResult(inst.path, "done", path, inst.number_of_frames))
         else:
@@ -256,68 +319,36 @@ def process_series(
         return result
 
     t_train = time.perf_counter()
-    model = train_series(series, config, init=init, progress=progress)
+    result.model = train_series(series, config, init=init, progress=progress)
     result.train_seconds = time.perf_counter() - t_train
-    result.model = model
-    provenance = _provenance(config, model)
+    provenance = _provenance(config, result.model)
 
     total = sum(i.number_of_frames for i in todo)
     done = 0
-    s = config.engine.scale
+
+    def on_frame() -> None:
+        nonlocal done
+        done += 1
+        if progress:
+            progress(ProgressEvent(series.series_uid, "frames", done, total))
+
     for inst in todo:
-        t_inst = time.perf_counter()
+        before = done
         try:
-            with open_frames(inst) as reader:
-                boxes = us_regions.tissue_regions(reader.header, inst.rows, inst.columns)
-                encoder = FrameEncoder(
-                    inst.rows * s,
-                    inst.columns * s,
-                    reader.layout,
-                    config.output.compress,
-                    config.output.jpeg_quality,
+            result.instances.append(
+                _write_instance(
+                    inst,
+                    result.model,
+                    config,
+                    out_dir,
+                    result.derived_series_uid,
+                    provenance,
+                    on_frame,
                 )
-                n = 0
-                for frame in reader:
-                    luma, chroma = _super_resolve_frame(frame, boxes, model, config)
-                    encoder.add(to_pixels(luma, chroma, reader.layout))
-                    n += 1
-                    done += 1
-                    if progress:
-                        progress(ProgressEvent(series.series_uid, "frames", done, total))
-                ds = derive_dataset(
-                    reader.header,
-                    encoder.finish(),
-                    scale=s,
-                    number_of_frames=n,
-                    provenance=provenance,
-                    output=config.output,
-                    series_uid=result.derived_series_uid,
-                    sop_uid=derived_uid(root, inst.sop_instance_uid, cfg_hash),
-                )
-            path = output_path(out_dir, ds)
-            write_atomic(ds, path)
-            seconds = time.perf_counter() - t_inst
-            manifest.record(
-                {
-                    "source": str(inst.path),
-                    "source_sop_uid": inst.sop_instance_uid,
-                    "output": str(path.relative_to(out_dir)),
-                    "sop_uid": ds.SOPInstanceUID,
-                    "series_uid": ds.SeriesInstanceUID,
-                    "config_hash": cfg_hash,
-                    "pipeline": config.name,
-                    "method": config.engine.method,
-                    "scale": s,
-                    "frames": n,
-                    "seconds": round(seconds, 3),
-                    "status": "written",
-                }
             )
-            result.instances.append(InstanceResult(inst.path, "written", path, n))
-            logger.info("wrote %s (%d frames, %.1f s)", path.name, n, seconds)
         except (FrameDecodeError, ValueError, OSError) as exc:
             logger.warning("failed: %s: %s", inst.path, exc)
-            done += inst.number_of_frames - 0
+            done = before + inst.number_of_frames
             result.instances.append(InstanceResult(inst.path, "failed", reason=str(exc)))
     result.seconds = time.perf_counter() - t0
     return result

@@ -26,22 +26,39 @@ try:
 except ImportError:  # pragma: no cover - Windows: O_APPEND alone
     fcntl = None
 
-__all__ = ["MANIFEST_NAME", "Manifest", "output_path", "write_atomic", "read_complete"]
+__all__ = [
+    "MANIFEST_NAME",
+    "Manifest",
+    "instance_path",
+    "output_path",
+    "write_atomic",
+    "read_complete",
+]
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.jsonl"
 
 
-def output_path(out_dir: str | os.PathLike[str], ds: Dataset) -> Path:
-    """``out_dir/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``."""
-    parts = []
-    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
-        uid = str(ds.get(keyword, "") or "")
-        if not uid or not all(p.isdigit() for p in uid.split(".")):
+def instance_path(
+    out_dir: str | os.PathLike[str], study_uid: str, series_uid: str, sop_uid: str
+) -> Path:
+    """``out_dir/<study_uid>/<series_uid>/<sop_uid>.dcm``; each part must be a UID."""
+    keywords = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+    for keyword, uid in zip(keywords, (study_uid, series_uid, sop_uid), strict=True):
+        if not uid or not all(p.isdigit() for p in str(uid).split(".")):
             raise ValueError(f"cannot name the output file: {keyword} is {uid!r}, not a UID")
-        parts.append(uid)
-    return Path(out_dir, parts[0], parts[1], parts[2] + ".dcm")
+    return Path(out_dir, str(study_uid), str(series_uid), f"{sop_uid}.dcm")
+
+
+def output_path(out_dir: str | os.PathLike[str], ds: Dataset) -> Path:
+    """``out_dir/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm`` of ``ds``."""
+    return instance_path(
+        out_dir,
+        str(ds.get("StudyInstanceUID", "") or ""),
+        str(ds.get("SeriesInstanceUID", "") or ""),
+        str(ds.get("SOPInstanceUID", "") or ""),
+    )
 
 
 def _fsync_dir(folder: Path) -> None:
