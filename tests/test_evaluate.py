@@ -134,3 +134,14 @@ def test_resolve_methods_keeps_run_settings():
     assert [s.engine.method for s in specs] == ["bicubic", "cyclegan"]
     assert all(s.engine.iterations == 7 and s.engine.seed == 3 for s in specs)
     assert not any(s.ablation for s in specs)
+
+
+def test_resolve_ablation_takes_losses_and_run_budget():
+    """An ablation pipeline brings its loss weights; the run keeps its budget and seed."""
+    config = PipelineConfig().with_overrides({"engine.iterations": 7, "engine.method": "zssr"})
+    (spec,) = resolve_methods(["ablation-gan-alone"], config)
+    assert spec.ablation and spec.name == "ablation-gan-alone"
+    assert spec.engine.method == "cyclegan" and spec.engine.iterations == 7
+    losses = spec.engine.losses
+    assert losses.adversarial > 0
+    assert losses.pixel == losses.perceptual == losses.cycle_forward == losses.cycle_backward == 0

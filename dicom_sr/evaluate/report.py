@@ -24,6 +24,7 @@ METRICS = {
     "train_seconds": ("train [s]", "{:.2f}"),
     "infer_seconds": ("infer [s]", "{:.3f}"),
     "peak_rss_mb": ("peak RSS [MB]", "{:.0f}"),
+    "rss_increase_mb": ("RSS increase [MB]", "{:.0f}"),
 }
 
 
