@@ -6,5 +6,43 @@ Public API (implemented in :mod:`dicom_sr.engine.api`)::
     upscale(frame, model, config) -> np.ndarray
     super_resolve(frame, config, progress=None) -> np.ndarray
     fit_cine(frames, config, progress=None) -> TrainedModel
-    save_weights(model, path); load_weights(path) -> TrainedModel
+    finetune(frame, model, config, progress=None) -> TrainedModel
+    save_weights(model, path); load_weights(path, *, scale=None) -> TrainedModel
+    select_device(name) -> torch.device
+
+and the resampling helpers of :mod:`dicom_sr.engine.resize` (``downscale``,
+``upscale_bicubic``, ``resize_bicubic``, ``upscale_np``).
 """
+
+from dicom_sr.engine.api import (
+    METHODS,
+    TrainedModel,
+    finetune,
+    fit,
+    fit_cine,
+    get_method,
+    load_weights,
+    save_weights,
+    select_device,
+    super_resolve,
+    upscale,
+)
+from dicom_sr.engine.resize import downscale, resize_bicubic, upscale_bicubic, upscale_np
+
+__all__ = [
+    "METHODS",
+    "TrainedModel",
+    "finetune",
+    "fit",
+    "fit_cine",
+    "get_method",
+    "load_weights",
+    "save_weights",
+    "select_device",
+    "super_resolve",
+    "upscale",
+    "downscale",
+    "resize_bicubic",
+    "upscale_bicubic",
+    "upscale_np",
+]

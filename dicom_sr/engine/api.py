@@ -1,0 +1,353 @@
+"""The engine's public API: fit a model to frames, upscale frames with it, save and load it.
+
+Methods live behind one small registry (in the manner of pydicom's pixel decoders): a name maps
+to a :class:`Method` that knows how to ``fit`` and how to ``apply``. ``"bicubic"`` and ``"ibp"``
+learn nothing; ``"zssr"`` and ``"cyclegan"`` train the generator of
+:mod:`dicom_sr.engine.nets` with :func:`dicom_sr.engine.train.train` and apply it with the
+tiled self-ensemble of :mod:`dicom_sr.engine.infer`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dicom_sr.config import EngineConfig
+from dicom_sr.engine.infer import back_project, self_ensemble
+from dicom_sr.engine.resize import upscale_bicubic
+
+__all__ = [
+    "TrainedModel",
+    "Method",
+    "METHODS",
+    "get_method",
+    "fit",
+    "finetune",
+    "upscale",
+    "super_resolve",
+    "fit_cine",
+    "cine_frame_indices",
+    "save_weights",
+    "load_weights",
+    "select_device",
+    "WEIGHTS_FORMAT",
+    "WEIGHTS_VERSION",
+]
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+#: Marker and version of the files written by :func:`save_weights`.
+WEIGHTS_FORMAT = "dicom-sr-weights"
+WEIGHTS_VERSION = 1
+
+
+@dataclass
+class TrainedModel:
+    """What :func:`fit` returns and :func:`upscale` uses.
+
+    ``generator_state`` is the state dict of ``Generator(scale)`` (on the CPU), or None for the
+    methods that learn nothing. ``info`` holds plain values: iterations, final_lr, seconds,
+    perceptual, history, warm_start.
+    """
+
+    method: str
+    scale: int
+    generator_state: dict[str, torch.Tensor] | None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def select_device(name: str) -> torch.device:
+    """``"auto"``: CUDA when available, else CPU; ``"cpu"``; ``"cuda"`` (raises if absent)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ValueError(f"unknown device {name!r} (expected 'auto', 'cpu' or 'cuda')")
+    return torch.device(name)
+
+
+def _as_frame(frame: np.ndarray) -> torch.Tensor:
+    arr = np.asarray(frame)
+    if arr.ndim != 2:
+        raise ValueError(f"expected a 2-D luminance frame (H, W), got shape {arr.shape}")
+    if min(arr.shape) < 1:
+        raise ValueError(f"empty frame of shape {arr.shape}")
+    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None, None]
+
+
+def _to_numpy(x: torch.Tensor) -> np.ndarray:
+    return x[0, 0].clamp(0.0, 1.0).to("cpu", torch.float32).numpy()
+
+
+def _plain(value: Any) -> Any:
+    """Python scalars/lists/dicts only, so ``info`` survives ``torch.load(weights_only=True)``."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+@dataclass(frozen=True)
+class Method:
+    """One SR method: ``fit`` trains (or not), ``apply`` upscales one frame tensor."""
+
+    name: str
+    learned: bool
+    fit: Callable[..., TrainedModel]
+    apply: Callable[[torch.Tensor, TrainedModel, EngineConfig, torch.device], torch.Tensor]
+
+
+def _fit_nothing(name: str) -> Callable[..., TrainedModel]:
+    def fit_(frames, config, *, init, iterations, lr, progress, device) -> TrainedModel:
+        if progress:
+            progress(0, 0)
+        return TrainedModel(name, config.scale, None, {"iterations": 0, "perceptual": "off"})
+
+    return fit_
+
+
+def _apply_bicubic(lr, model, config, device) -> torch.Tensor:
+    return upscale_bicubic(lr.to(device), config.scale)
+
+
+def _apply_ibp(lr, model, config, device) -> torch.Tensor:
+    lr = lr.to(device)
+    sr = upscale_bicubic(lr, config.scale).clamp_(0.0, 1.0)
+    return back_project(sr, lr, config.scale, config, config.back_projection_iters)
+
+
+def _fit_learned(name: str) -> Callable[..., TrainedModel]:
+    def fit_(frames, config, *, init, iterations, lr, progress, device) -> TrainedModel:
+        from dicom_sr.engine.train import train
+
+        if not frames:
+            raise ValueError(f"method {name!r} needs at least one frame to learn from")
+        init_state = None
+        if init is not None:
+            if init.generator_state is None:
+                raise ValueError(
+                    f"cannot warm-start {name!r} from a {init.method!r} model: it has no weights"
+                )
+            if init.scale != config.scale:
+                raise ValueError(
+                    f"cannot warm-start a x{config.scale} model from a x{init.scale} model"
+                )
+            init_state = init.generator_state
+        res = train(
+            frames,
+            config,
+            method=name,
+            init_state=init_state,
+            iterations=iterations,
+            lr=lr,
+            device=device,
+            progress=progress,
+        )
+        state = {k: v.detach().to("cpu").clone() for k, v in res.generator_state.items()}
+        info = {
+            "iterations": int(res.iterations),
+            "final_lr": float(res.final_lr),
+            "seconds": float(res.seconds),
+            "perceptual": str(res.perceptual),
+            "history": _plain(res.history),
+            "warm_start": init is not None,
+            "frames": len(frames),
+        }
+        return TrainedModel(name, config.scale, state, info)
+
+    return fit_
+
+
+def _apply_learned(lr, model, config, device) -> torch.Tensor:
+    from dicom_sr.engine.nets import Generator
+
+    G = Generator(model.scale)
+    G.load_state_dict(model.generator_state)
+    G.eval()
+    return self_ensemble(G, lr, config, device)
+
+
+#: The registry: method name -> :class:`Method`.
+METHODS: dict[str, Method] = {
+    "bicubic": Method("bicubic", False, _fit_nothing("bicubic"), _apply_bicubic),
+    "ibp": Method("ibp", False, _fit_nothing("ibp"), _apply_ibp),
+    "zssr": Method("zssr", True, _fit_learned("zssr"), _apply_learned),
+    "cyclegan": Method("cyclegan", True, _fit_learned("cyclegan"), _apply_learned),
+}
+
+
+def get_method(name: str) -> Method:
+    """The registered :class:`Method` called ``name``."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown SR method {name!r} (expected one of {sorted(METHODS)})"
+        ) from None
+
+
+def _set_threads(config: EngineConfig) -> None:
+    if config.threads > 0 and torch.get_num_threads() != config.threads:
+        torch.set_num_threads(config.threads)  # process-wide: torch has no local setting
+
+
+def fit(
+    frames: Sequence[np.ndarray],
+    config: EngineConfig,
+    *,
+    init: TrainedModel | None = None,
+    iterations: int | None = None,
+    lr: float | None = None,
+    progress: Progress | None = None,
+) -> TrainedModel:
+    """Fit ``config.method`` to ``frames`` (2-D float32 in [0, 1]); ``init`` warm-starts it.
+
+    ``iterations`` / ``lr`` override the configured ones (fine-tuning). Methods that learn
+    nothing return at once with ``generator_state=None``. Same seed, frames and device give
+    the same model.
+    """
+    method = get_method(config.method)
+    for i, f in enumerate(frames):
+        if np.ndim(f) != 2:
+            raise ValueError(f"frame {i}: expected a 2-D luminance frame, got {np.shape(f)}")
+    _set_threads(config)
+    device = select_device(config.device)
+    model = method.fit(
+        frames, config, init=init, iterations=iterations, lr=lr, progress=progress, device=device
+    )
+    logger.debug("fit %s x%d: %s", model.method, model.scale, model.info.get("iterations"))
+    return model
+
+
+def finetune(
+    frame: np.ndarray, model: TrainedModel, config: EngineConfig, progress: Progress | None = None
+) -> TrainedModel:
+    """Warm-start from ``model`` on one frame with the fine-tuning budget and rate."""
+    return fit(
+        [frame],
+        config,
+        init=model,
+        iterations=config.finetune_iterations,
+        lr=config.finetune_lr,
+        progress=progress,
+    )
+
+
+def upscale(frame: np.ndarray, model: TrainedModel, config: EngineConfig) -> np.ndarray:
+    """Super-resolve one frame (H, W) with ``model``: (H*s, W*s) float32 clipped to [0, 1].
+
+    The model's method decides how (bicubic | ibp | generator with tiles, self-ensemble and
+    back projection); ``config`` gives the inference settings and must have the model's scale.
+    """
+    if model.scale != config.scale:
+        raise ValueError(f"model is for x{model.scale} but the configuration asks x{config.scale}")
+    method = get_method(model.method)
+    if method.learned and model.generator_state is None:
+        raise ValueError(f"a {model.method!r} model needs generator weights; it has none")
+    _set_threads(config)
+    device = select_device(config.device)
+    lr = _as_frame(frame)
+    with torch.inference_mode():
+        sr = method.apply(lr, model, config, device)
+    return _to_numpy(sr)
+
+
+def super_resolve(
+    frame: np.ndarray, config: EngineConfig, progress: Progress | None = None
+) -> np.ndarray:
+    """Fit on the frame itself, then upscale it (the zero-shot recipe)."""
+    return upscale(frame, fit([frame], config, progress=progress), config)
+
+
+def cine_frame_indices(n: int, k: int) -> list[int]:
+    """``min(k, n)`` indices spread evenly over a loop of ``n`` frames (centre of each k-th)."""
+    k = min(k, n)
+    return [int((i + 0.5) * n / k) for i in range(k)]
+
+
+def fit_cine(
+    frames: Sequence[np.ndarray], config: EngineConfig, progress: Progress | None = None
+) -> TrainedModel:
+    """One model for a whole cine: ``config.cine_train_frames`` frames spread over the loop,
+    ``round(config.cine_budget * config.iterations)`` iterations."""
+    if len(frames) == 0:
+        raise ValueError("fit_cine: no frames")
+    picks = [frames[i] for i in cine_frame_indices(len(frames), config.cine_train_frames)]
+    return fit(
+        picks, config, iterations=round(config.cine_budget * config.iterations), progress=progress
+    )
+
+
+def save_weights(model: TrainedModel, path: str | os.PathLike[str]) -> None:
+    """Write ``model`` to ``path`` (``torch.save`` of plain data; atomic replace)."""
+    path = Path(path)
+    payload = {
+        "format": WEIGHTS_FORMAT,
+        "version": WEIGHTS_VERSION,
+        "method": model.method,
+        "scale": int(model.scale),
+        "state": model.generator_state,
+        "info": _plain(model.info),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_weights(path: str | os.PathLike[str], *, scale: int | None = None) -> TrainedModel:
+    """Read a model written by :func:`save_weights` (safely: ``weights_only=True``).
+
+    Raises ValueError naming the file when it is not a dicom-sr weights file, has a newer
+    format version, names an unknown method, or (with ``scale``) is for another scale.
+    """
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise ValueError(
+            f"{path}: not a dicom-sr weights file ({exc.__class__.__name__})"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != WEIGHTS_FORMAT:
+        raise ValueError(f"{path}: not a dicom-sr weights file (no {WEIGHTS_FORMAT!r} marker)")
+    version = payload.get("version")
+    if not isinstance(version, int) or version > WEIGHTS_VERSION:
+        raise ValueError(
+            f"{path}: weights format version {version!r}; this dicom-sr reads up to "
+            f"{WEIGHTS_VERSION}"
+        )
+    method = payload.get("method")
+    if method not in METHODS:
+        raise ValueError(f"{path}: unknown method {method!r} (expected one of {sorted(METHODS)})")
+    file_scale = payload.get("scale")
+    if scale is not None and file_scale != scale:
+        raise ValueError(f"{path}: weights are for x{file_scale}, x{scale} was asked for")
+    state = payload.get("state")
+    if METHODS[method].learned and not isinstance(state, dict):
+        raise ValueError(f"{path}: a {method!r} weights file without generator weights")
+    return TrainedModel(method, int(file_scale), state, dict(payload.get("info") or {}))

@@ -1,0 +1,193 @@
+"""Running a trained generator on a whole frame: tiles, self-ensemble, back projection.
+
+- :func:`apply_generator` runs ``G`` tile by tile (``config.tile`` LR pixels plus
+  ``config.tile_overlap`` pixels of context on each side, context discarded), so memory is
+  bounded whatever the frame size; with enough context the result equals one pass on the
+  whole frame.
+- :func:`back_project` is iterative back projection (Irani & Peleg): the SR estimate is
+  corrected until, degraded by the *same* kernel as the training sons (``config.kernel``), it
+  reproduces the LR input.
+- :func:`self_ensemble` is ZSSR's recipe: run ``G`` on dihedral transforms of the input, undo
+  each transform, back-project each, take the median, back-project the median.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from dicom_sr.config import EngineConfig
+from dicom_sr.engine.resize import downscale, upscale_bicubic
+
+__all__ = [
+    "apply_generator",
+    "back_project",
+    "self_ensemble",
+    "ensemble_transforms",
+    "tile_bounds",
+    "median",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Tile origins are multiples of this many LR pixels, so a generator with strided layers sees
+#: every tile on the same sub-grid as the whole frame (Generator downsamples HR by 4).
+TILE_ALIGN = 4
+
+Transform = tuple[int, bool]  # (quarter turns, then mirror left-right)
+
+
+def tile_bounds(n: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
+    """Split ``range(n)`` into cores of at most ``tile`` pixels (aligned to TILE_ALIGN).
+
+    Returns ``(core0, core1, win0, win1)``: the core kept from each tile and the window
+    actually processed (the core plus up to ``overlap`` pixels each side, the start rounded
+    down to TILE_ALIGN). Cores have near-equal sizes, so there is no sliver of a last tile.
+    """
+    if n <= tile:
+        return [(0, n, 0, n)]
+    k = math.ceil(n / tile)
+    cuts = [0]
+    for i in range(1, k):
+        c = round(i * n / k / TILE_ALIGN) * TILE_ALIGN
+        if cuts[-1] < c < n:
+            cuts.append(c)
+    cuts.append(n)
+    out = []
+    for c0, c1 in zip(cuts[:-1], cuts[1:], strict=True):
+        w0 = max(0, c0 - overlap) // TILE_ALIGN * TILE_ALIGN
+        w1 = min(n, c1 + overlap)
+        out.append((c0, c1, w0, w1))
+    return out
+
+
+def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+@torch.inference_mode()
+def apply_generator(
+    G: nn.Module, lr: torch.Tensor, config: EngineConfig, device: torch.device
+) -> torch.Tensor:
+    """``G(lr)`` for an (N, C, h, w) input, computed in tiles; returns float32 on ``device``.
+
+    ``config.tile`` / ``config.tile_overlap`` are in LR pixels. ``config.bf16`` runs ``G`` under
+    bf16 autocast; ``config.channels_last`` converts ``G`` (in place) and the tiles to
+    channels-last memory format. ``G`` should already be in eval mode.
+    """
+    s = config.scale
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    G.to(device=device, memory_format=memory_format)
+    lr = lr.to(device=device, dtype=torch.float32)
+    n, c, h, w = lr.shape
+    out: torch.Tensor | None = None
+    rows = tile_bounds(h, config.tile, config.tile_overlap)
+    cols = tile_bounds(w, config.tile, config.tile_overlap)
+    with _autocast(device, config.bf16):
+        for y0, y1, wy0, wy1 in rows:
+            for x0, x1, wx0, wx1 in cols:
+                window = lr[..., wy0:wy1, wx0:wx1].contiguous(memory_format=memory_format)
+                sr = G(window).float()
+                if sr.shape[-2:] != (s * (wy1 - wy0), s * (wx1 - wx0)):
+                    raise ValueError(
+                        f"generator returned {tuple(sr.shape[-2:])} for a "
+                        f"{wy1 - wy0}x{wx1 - wx0} tile at scale {s}"
+                    )
+                if out is None:
+                    out = torch.empty(n, sr.shape[1], s * h, s * w, device=device)
+                oy, ox = s * (y0 - wy0), s * (x0 - wx0)
+                out[..., s * y0 : s * y1, s * x0 : s * x1] = sr[
+                    ..., oy : oy + s * (y1 - y0), ox : ox + s * (x1 - x0)
+                ]
+    assert out is not None
+    return out
+
+
+def back_project(
+    sr: torch.Tensor, lr: torch.Tensor, scale: int, config: EngineConfig, iters: int
+) -> torch.Tensor:
+    """Iterative back projection: ``sr += upscale_bicubic(lr - downscale(sr))``, ``iters`` times.
+
+    ``downscale`` is the configured degradation (``config.kernel``), the one that made the
+    training sons. Values are clipped to [0, 1] after each step, as in ZSSR.
+    """
+    if sr.shape[-2:] != (lr.shape[-2] * scale, lr.shape[-1] * scale):
+        raise ValueError(
+            f"back projection: SR {tuple(sr.shape[-2:])} is not {scale}x LR {tuple(lr.shape[-2:])}"
+        )
+    with torch.inference_mode():
+        for _ in range(iters):
+            sr = sr + upscale_bicubic(lr - downscale(sr, scale, config), scale)
+            sr = sr.clamp_(0.0, 1.0)
+    return sr
+
+
+def ensemble_transforms(size: int) -> list[Transform]:
+    """The transforms of a self-ensemble of ``size`` 1 (identity), 2 (+ mirror) or 8 (dihedral)."""
+    if size == 1:
+        return [(0, False)]
+    if size == 2:
+        return [(0, False), (0, True)]
+    if size == 8:
+        return [(k, m) for m in (False, True) for k in range(4)]
+    raise ValueError(f"self-ensemble size must be 1, 2 or 8, got {size}")
+
+
+def _forward(x: torch.Tensor, t: Transform) -> torch.Tensor:
+    k, mirror = t
+    x = torch.rot90(x, k, dims=(-2, -1)) if k else x
+    return torch.flip(x, dims=(-1,)) if mirror else x
+
+
+def _inverse(x: torch.Tensor, t: Transform) -> torch.Tensor:
+    k, mirror = t
+    x = torch.flip(x, dims=(-1,)) if mirror else x
+    return torch.rot90(x, -k, dims=(-2, -1)) if k else x
+
+
+def median(stack: torch.Tensor) -> torch.Tensor:
+    """Median over dim 0, the mean of the two middle values for an even count (``np.median``)."""
+    n = stack.shape[0]
+    if n == 1:
+        return stack[0]
+    srt = stack.sort(dim=0).values
+    if n % 2:
+        return srt[n // 2]
+    return 0.5 * (srt[n // 2 - 1] + srt[n // 2])
+
+
+@torch.inference_mode()
+def self_ensemble(
+    G: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    lr: torch.Tensor,
+    config: EngineConfig,
+    device: torch.device,
+) -> torch.Tensor:
+    """ZSSR's geometric self-ensemble with back projection; (N, C, h, w) -> (N, C, s*h, s*w).
+
+    For each transform of ``config.ensemble``: ``G`` (tiled, :func:`apply_generator`) on the
+    transformed input, inverse transform, ``config.back_projection_iters`` back projections;
+    then the median of the outputs, back-projected again. ``G`` may also be any callable
+    mapping an LR tensor to its SR tensor (then it is called whole, not tiled).
+    """
+    s = config.scale
+    lr = lr.to(device=device, dtype=torch.float32)
+    outs = []
+    for t in ensemble_transforms(config.ensemble):
+        x = _forward(lr, t)
+        if isinstance(G, nn.Module):
+            y = apply_generator(G, x, config, device)
+        else:
+            y = G(x).float()
+        y = _inverse(y, t).clamp_(0.0, 1.0)
+        outs.append(back_project(y, lr, s, config, config.back_projection_iters))
+    out = median(torch.stack(outs))
+    del outs
+    return back_project(out, lr, s, config, config.back_projection_iters)
