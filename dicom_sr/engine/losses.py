@@ -88,7 +88,7 @@ def feature_distance(
     fa = nets.d_hr.features(a) if feats_a is None else feats_a
     with torch.no_grad():
         fb = nets.d_hr.features(b)
-    return torch.stack([nnf.mse_loss(p, q) for p, q in zip(fa, fb)]).mean()
+    return torch.stack([nnf.mse_loss(p, q) for p, q in zip(fa, fb, strict=True)]).mean()
 
 
 def _degrade(nets: Networks, hr: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

@@ -106,9 +106,9 @@ class _Branch(nn.Module):
 class Generator(nn.Module):
     """``G: LR -> HR``, the three-scale encoder-decoder of Fig. 1 / Table I.
 
-    The LR input is interpolated to the HR grid with :func:`~dicom_sr.engine.resize.upscale_bicubic`;
-    three branches of growing depth (32 / 32-32 / 32-32-64 channels) each add a detail image to
-    it (Eq. 1), and a 3x3 convolution fuses the three reconstructions. About 0.28 M parameters
+    The LR input is interpolated to the HR grid with :func:`.resize.upscale_bicubic`; three
+    branches of growing depth (32 / 32-32 / 32-32-64 channels) each add a detail image to it
+    (Eq. 1), and a 3x3 convolution fuses the three reconstructions. About 0.27 M parameters
     (the paper's 1.1 MB). Initialised so that ``G`` starts as the bicubic: detail outputs near
     zero, fusion an average; training learns the residual.
     """
@@ -240,7 +240,7 @@ class PatchDiscriminator(nn.Module):
 
 # VGG19 "features" indices up to conv4_4 (the 12th convolution) in torchvision's layout:
 # conv at these indices, ReLU after each, max-pool at 4, 9, 18.
-_VGG_CFG: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512]
+_VGG_CFG: list[int | str] = [64, 64, "M", 128, 128, "M"] + [256] * 4 + ["M"] + [512] * 4
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -310,4 +310,3 @@ def find_vgg19_weights(configured: str | None) -> Path | None:
     )
     hits = sorted(glob.glob(os.path.join(home, "hub", "checkpoints", "vgg19-*.pth")))
     return Path(hits[0]) if hits else None
-

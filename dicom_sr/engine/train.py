@@ -243,6 +243,8 @@ def train(
         for k, v in terms.items():
             history.setdefault(k, []).append(float(v.detach()))
         history["lr"].append(opts[0].param_groups[0]["lr"])
+        if train_d:
+            history.setdefault("lr_d", []).append(opts[1].param_groups[0]["lr"])
         done = it
 
         if it % eval_every == 0:
@@ -252,8 +254,12 @@ def train(
             history["recon_iter"].append(float(it))
         if it % config.lr_check_every == 0 and it - last_change >= config.lr_min_iterations:
             lo = max(last_change, it - window)
-            pts = [(s, e) for s, e in zip(history["recon_iter"], history["recon"]) if s > lo]
-            if len(pts) >= 3 and plateau(*zip(*pts)):
+            recent = [
+                (s, e)
+                for s, e in zip(history["recon_iter"], history["recon"], strict=True)
+                if s > lo
+            ]
+            if len(recent) >= 3 and plateau([s for s, _ in recent], [e for _, e in recent]):
                 rate /= config.lr_factor
                 for opt in opts:
                     for group in opt.param_groups:
