@@ -216,3 +216,16 @@ def test_upscale_np_modes():
     assert up.shape == (62, 90, 3)
     np.testing.assert_allclose(up[..., 0], bic, atol=1e-6)
     assert up[..., 1].max() <= rgb[..., 1].max()
+
+
+def test_cached_weights_work_with_autograd_after_inference_mode():
+    # the weight cache is shared by inference (inference_mode) and training (autograd)
+    x = _t(_real_frame()[:23, :31])
+    with torch.inference_mode():
+        ref = upscale_bicubic(x, 2)
+        downscale(ref, 2, GAUSSIAN)
+    y = x.clone().requires_grad_(True)
+    out = downscale(upscale_bicubic(y, 2), 2, GAUSSIAN)
+    out.sum().backward()
+    assert y.grad is not None and torch.isfinite(y.grad).all() and y.grad.abs().sum() > 0
+    torch.testing.assert_close(upscale_bicubic(y, 2).detach(), ref)

@@ -7,8 +7,8 @@ MATLAB's symmetric (edge-repeating) mirror. Upscaling uses Keys' cubic (a = -0.5
 stretches the kernel by ``1/s`` (antialiasing) exactly as ``imresize`` does.
 
 Each axis is resampled by a short list of taps (index, weight) per output pixel, computed once
-per shape and cached; applying them is ``P`` vectorised ``index_select`` + multiply-adds, so the
-cost is linear in the number of pixels, on CPU and CUDA alike.
+per shape and cached, and applied as one dense (out, in) matrix product per axis (BLAS on CPU,
+cuBLAS on CUDA; faster than gathers up to the largest frames we accept, 2560 px).
 
 :func:`downscale` with ``kernel="gaussian"`` blurs with a Gaussian PSF and samples the blurred
 image at the *same* LR centres as the bicubic grid; for an even factor those centres fall between
@@ -92,7 +92,7 @@ def taps(
     return np.ascontiguousarray(idx[:, keep]), np.ascontiguousarray(w[:, keep])
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=32)  # a 2560 x 1280 matrix is 13 MB: keep few (per device and dtype)
 def _matrix_on(
     in_len: int,
     out_len: int,
@@ -102,11 +102,16 @@ def _matrix_on(
     device: str,
     dtype: torch.dtype,
 ) -> torch.Tensor:
-    """The taps as a dense (out_len, in_len) matrix: one BLAS product per axis beats gathers."""
+    """The taps as a dense (out_len, in_len) matrix: one BLAS product per axis beats gathers.
+
+    Built outside inference mode even when first asked for inside it: the cached matrix is
+    shared with training, where autograd must be able to save it for the backward pass.
+    """
     idx, w = taps(in_len, out_len, scale, kernel, sigma)
-    mat = torch.zeros(out_len, in_len, dtype=torch.float64)
-    mat.scatter_add_(1, torch.from_numpy(idx), torch.from_numpy(w))
-    return mat.to(device=device, dtype=dtype)
+    with torch.inference_mode(False):
+        mat = torch.zeros(out_len, in_len, dtype=torch.float64)
+        mat.scatter_add_(1, torch.from_numpy(idx), torch.from_numpy(w))
+        return mat.to(device=device, dtype=dtype)
 
 
 def _resample_axis(
