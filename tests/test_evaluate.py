@@ -145,3 +145,49 @@ def test_resolve_ablation_takes_losses_and_run_budget():
     losses = spec.engine.losses
     assert losses.adversarial > 0
     assert losses.pixel == losses.perceptual == losses.cycle_forward == losses.cycle_backward == 0
+
+
+def test_markdown_ablation_table():
+    """Ablations get a Table V style table (PSNR, VIF-P, SSIM per scale), full model last."""
+    from dicom_sr.evaluate.report import render_markdown, summarize
+
+    methods = ["ablation-gan-alone", "ablation-cycle-alone", "cyclegan"]
+    psnrs = {
+        "ablation-gan-alone": [30.0, 32.0],
+        "ablation-cycle-alone": [31.0, 33.0],
+        "cyclegan": [32.5, 33.5],
+    }
+    images = []
+    for k in range(2):
+        results = {
+            m: {
+                "2": {
+                    "psnr": psnrs[m][k],
+                    "ssim": 0.9,
+                    "vif_p": 0.6,
+                    "train_seconds": 1.0,
+                    "infer_seconds": 0.1,
+                    "peak_rss_mb": 500.0,
+                    "rss_increase_mb": 10.0,
+                }
+            }
+            for m in methods
+        }
+        images.append({"id": f"img{k}", "hr_shape": [100, 120], "results": results})
+    report = {
+        "methods": methods,
+        "scales": [2],
+        "images": images,
+        "ablations": methods[:2],
+        "summary": summarize(images, methods, [2]),
+        "created": "now",
+        "cine": [],
+        "config": {"name": "bmode-default", "hash": "abc"},
+        "protocol": {"degradation": "d", "ground_truth": "g", "metrics": "m", "memory": "r"},
+        "machine": {"cpu_model": "cpu", "usable_cores": 2, "torch": "2", "torch_threads": 2},
+    }
+    md = render_markdown(report)
+    table = md.split("## Ablation")[1].split("## Per image")[0]
+    assert "| variant | PSNR [dB] x2 | VIF-P x2 | SSIM x2 |" in table
+    assert "| ablation-gan-alone | 31.00 ± 1.00 | 0.6000 ± 0.0000 | 0.9000 ± 0.0000 |" in table
+    assert table.strip().splitlines()[-1].startswith("| cyclegan (all losses) | 33.00 ± 0.50 |")
