@@ -121,10 +121,18 @@ def test_ablation_computes_exactly_its_terms(name, tissue):
     nets = Networks(
         g=Generator(2), f=Degrader(2), d_hr=PatchDiscriminator(), d_lr=PatchDiscriminator()
     )
-    for key in calls:
+    for key in ("g", "f"):
         getattr(nets, key).register_forward_hook(
             lambda *_, key=key: calls.__setitem__(key, calls[key] + 1)
         )
+    for key in ("d_hr", "d_lr"):  # the losses call D.features (real and fake in one batch)
+        d = getattr(nets, key)
+
+        def counted(t, key=key, features=d.features):
+            calls[key] += 1
+            return features(t)
+
+        d.features = counted
     y = torch.from_numpy(tissue[:32, :32].copy())[None, None]
     x = downscale(y, 2, config)
     step = generator_losses(x, y, nets, config, torch.zeros_like)

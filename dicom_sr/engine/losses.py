@@ -7,6 +7,14 @@ the D_hr perceptual fallback). It returns the unweighted value of every computed
 caller (and the tests) can see exactly which terms an ablation computes.
 
 Notation of the paper: ``x`` LR sons, ``y`` HR fathers, ``G: LR -> HR``, ``F: HR -> LR``.
+
+Norms as written in Eq. 2, 3 and 6: each image contributes the L1 norm of its pixel difference
+(L2 norm of its feature difference), and the batch is averaged (the ``1/N`` sum); the
+adversarial term (Eq. 4-5) is ``-log D`` averaged over the patch map of each image. This is
+what makes the paper's weights (5 / 0.1 / 5 / 0.3) a sensible balance: with per-pixel means
+instead, ``gamma = 5`` on ``-log D`` outweighs ``alpha = 5`` on a mean L1 by the pixel count,
+and on real ultrasound the GAN wrecked the reconstruction within 40 iterations (recon error
+0.033 -> 0.14, measured).
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ __all__ = [
     "discriminator_loss",
     "gan_loss",
     "feature_distance",
+    "paired_features",
+    "l1_norm",
 ]
 
 #: Term names, as in :class:`dicom_sr.config.LossWeights`.
@@ -69,26 +79,52 @@ def gan_loss(logits: torch.Tensor, real: bool, mode: str) -> torch.Tensor:
     raise ValueError(f"unknown gan_mode {mode!r} (expected 'log' or 'lsgan')")
 
 
+def paired_features(
+    d: PatchDiscriminator, fake: torch.Tensor, real: torch.Tensor
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """D's features of ``fake`` and ``real`` from ONE forward pass of both.
+
+    The PatchGAN has batch normalisation: run on a batch of fakes alone, it would normalise
+    away exactly the per-channel statistics (contrast, high-frequency energy) that tell a
+    blurred reconstruction from a sharp father, and D would stay at chance. Real and fake
+    share every batch, in the discriminator step and in the generator step alike.
+    """
+    n = fake.shape[0]
+    feats = d.features(torch.cat([fake, real.detach()], dim=0))
+    return [f[:n] for f in feats], [f[n:].detach() for f in feats]
+
+
 def feature_distance(
-    nets: Networks, a: torch.Tensor, b: torch.Tensor, feats_a: list[torch.Tensor] | None = None
+    nets: Networks,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    pair: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None,
 ) -> torch.Tensor:
-    """Perceptual distance of Eq. 3: mean squared feature difference.
+    """Perceptual distance of Eq. 3: L2 norm of the feature difference of ``a`` to target ``b``.
 
     VGG19 conv4_4 features when ``nets.vgg`` is set; otherwise the fallback, the activations of
-    the five layers of ``D_hr`` (its parameters frozen by the caller during the generator
-    step), averaged over layers; ``feats_a`` passes ``D_hr.features(a)`` when already computed.
-    ``b`` is the target and carries no gradient.
+    the five layers of ``D_hr`` (concatenated; its parameters frozen by the caller during the
+    generator step); ``pair`` passes :func:`paired_features` when already computed.
     """
     if nets.vgg is not None:
         with torch.no_grad():
             fb = nets.vgg(b)
-        return nnf.mse_loss(nets.vgg(a), fb)
+        return _l2_norm([nets.vgg(a)], [fb])
     if nets.d_hr is None:
         raise ValueError("perceptual loss needs VGG19 weights or D_hr")
-    fa = nets.d_hr.features(a) if feats_a is None else feats_a
-    with torch.no_grad():
-        fb = nets.d_hr.features(b)
-    return torch.stack([nnf.mse_loss(p, q) for p, q in zip(fa, fb, strict=True)]).mean()
+    fa, fb = paired_features(nets.d_hr, a, b) if pair is None else pair
+    return _l2_norm(fa, fb)
+
+
+def l1_norm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``1/N sum_i ||a_i - b_i||_1``: per-image L1 norm, averaged over the batch."""
+    return (a - b).abs().flatten(1).sum(1).mean()
+
+
+def _l2_norm(fa: list[torch.Tensor], fb: list[torch.Tensor]) -> torch.Tensor:
+    """``1/N sum_i ||phi(a_i) - phi(b_i)||_2`` over the concatenation of the feature maps."""
+    sq = sum((p - q).pow(2).flatten(1).sum(1) for p, q in zip(fa, fb, strict=True))
+    return (sq + 1e-12).sqrt().mean()
 
 
 def _degrade(nets: Networks, hr: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -106,7 +142,7 @@ def generator_losses(
     """Eq. 7 for LR sons ``x`` and HR fathers ``y``: only the non-zero-weight terms.
 
     ``noise(hr)`` returns the Gaussian noise map fed to ``F`` with ``hr``. Returns the weighted
-    total and the unweighted terms (means over pixels and batch).
+    total and the unweighted terms (per-image norms averaged over the batch).
     """
     w = config.losses
     need_sr = w.pixel > 0 or w.perceptual > 0 or w.adversarial > 0 or w.cycle_forward > 0
@@ -115,25 +151,27 @@ def generator_losses(
     lr_fake = _degrade(nets, y, noise(y)) if need_lr_fake else None
     terms: dict[str, torch.Tensor] = {}
     if w.pixel > 0:
-        terms["pixel"] = nnf.l1_loss(sr, y) + nnf.l1_loss(lr_fake, x)
-    sr_feats = None  # D_hr's features of G(x), shared by the perceptual and adversarial terms
+        terms["pixel"] = l1_norm(sr, y) + l1_norm(lr_fake, x)
+    pair = None  # D_hr's features of (G(x), y), shared by the perceptual and adversarial terms
     if w.perceptual > 0:
         if nets.vgg is None and nets.d_hr is not None:
-            sr_feats = nets.d_hr.features(sr)
-        terms["perceptual"] = feature_distance(nets, sr, y, sr_feats) + feature_distance(
+            pair = paired_features(nets.d_hr, sr, y)
+        terms["perceptual"] = feature_distance(nets, sr, y, pair) + feature_distance(
             nets, lr_fake, x
         )
     if w.adversarial > 0:
         if nets.d_hr is None or nets.d_lr is None:
             raise ValueError("adversarial loss needs both discriminators")
-        logits_hr = nets.d_hr(sr) if sr_feats is None else nets.d_hr.out(sr_feats[-1])
-        terms["adversarial"] = gan_loss(logits_hr, True, config.gan_mode) + gan_loss(
-            nets.d_lr(lr_fake), True, config.gan_mode
+        if pair is None:
+            pair = paired_features(nets.d_hr, sr, y)
+        logits_lr = nets.d_lr.out(paired_features(nets.d_lr, lr_fake, x)[0][-1])
+        terms["adversarial"] = gan_loss(nets.d_hr.out(pair[0][-1]), True, config.gan_mode) + (
+            gan_loss(logits_lr, True, config.gan_mode)
         )
     if w.cycle_forward > 0:  # LR -> SR -> LR
-        terms["cycle_forward"] = nnf.l1_loss(_degrade(nets, sr, noise(sr)), x)
+        terms["cycle_forward"] = l1_norm(_degrade(nets, sr, noise(sr)), x)
     if w.cycle_backward > 0:  # HR -> LR -> SR
-        terms["cycle_backward"] = nnf.l1_loss(nets.g(lr_fake), y)
+        terms["cycle_backward"] = l1_norm(nets.g(lr_fake), y)
     if not terms:
         raise ValueError("all loss weights are zero: nothing to train")
     total = sum(getattr(w, k) * v for k, v in terms.items())
@@ -143,5 +181,10 @@ def generator_losses(
 def discriminator_loss(
     d: nn.Module, real: torch.Tensor, fake: torch.Tensor, mode: str
 ) -> torch.Tensor:
-    """PatchGAN objective: real patches to 1, (pooled, detached) fakes to 0, halved."""
-    return 0.5 * (gan_loss(d(real), True, mode) + gan_loss(d(fake.detach()), False, mode))
+    """PatchGAN objective: real patches to 1, (pooled, detached) fakes to 0, halved.
+
+    Real and fake go through D in one batch (see :func:`paired_features`).
+    """
+    n = real.shape[0]
+    logits = d(torch.cat([real, fake.detach()], dim=0))
+    return 0.5 * (gan_loss(logits[:n], True, mode) + gan_loss(logits[n:], False, mode))
