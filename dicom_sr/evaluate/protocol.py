@@ -151,7 +151,7 @@ def _crop_box(header, inst: Instance, margin: int, multiple: int) -> tuple[int, 
     h = (y1 - y0 + 1) // multiple * multiple
     if min(w, h) < MIN_SIDE:
         raise ValueError(
-            f"{inst.path}: tissue region {r.x1 - r.x0 + 1}x{r.y1 - r.y0 + 1} px is too small "
+            f"tissue region {r.x1 - r.x0 + 1}x{r.y1 - r.y0 + 1} px is too small "
             f"to evaluate (need {MIN_SIDE} px after a {margin} px margin)"
         )
     # centre the trimmed crop in the region
@@ -187,7 +187,7 @@ def load_images(
                 frame = next(iter(reader))
         except (FrameDecodeError, ValueError, StopIteration) as exc:
             skipped.append(Skipped(str(inst.path), str(exc) or "no frames"))
-            logger.warning("not evaluated: %s", exc)
+            logger.warning("not evaluated: %s: %s", inst.path, exc)
             continue
         x0, y0, x1, y1 = box
         hr = np.ascontiguousarray(frame.luma[y0 : y1 + 1, x0 : x1 + 1], dtype=np.float32)
