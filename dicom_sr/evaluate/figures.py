@@ -33,7 +33,7 @@ def zoom_box(reference: np.ndarray, size: int) -> tuple[int, int, int]:
 
     Picking the busiest texture shows where methods differ; a flat patch would show nothing.
     Windows holding saturated pixels (burnt-in text and graphics are drawn at full white) or
-    mostly black background are avoided when any other window is left.
+    black background (outside the sector) are avoided when any other window is left.
     """
     h, w = reference.shape
     side = int(min(size, h, w))
@@ -45,9 +45,12 @@ def zoom_box(reference: np.ndarray, size: int) -> tuple[int, int, int]:
         return ndimage.uniform_filter(a.astype(np.float64), side, mode="constant")[inner]
 
     energy = window_mean(grad)
-    ok = (window_mean(reference >= 0.97) == 0) & (window_mean(reference < 0.02) < 0.5)
-    if ok.any():
-        energy = np.where(ok, energy, -1.0)
+    no_text = window_mean(reference >= 0.97) == 0
+    dark = window_mean(reference < 0.02)
+    for ok in (no_text & (dark < 0.05), no_text & (dark < 0.5)):  # inside tissue, then less so
+        if ok.any():
+            energy = np.where(ok, energy, -1.0)
+            break
     y0, x0 = np.unravel_index(int(np.argmax(energy)), energy.shape)
     return int(y0), int(x0), side
 
