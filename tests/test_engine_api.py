@@ -149,7 +149,8 @@ def test_bf16_error_is_small():
     fp32 = upscale(frame, model, EngineConfig(**base))
     bf16 = upscale(frame, model, EngineConfig(**base, bf16=True, channels_last=True))
     err = np.abs(bf16 - fp32)
-    # measured on CPU: max 0.005-0.009, mean ~0.001 (bf16 has an 8-bit mantissa)
+    # measured on CPU (real crops, x2 and x4, no back projection): max 0.008-0.011, mean
+    # ~0.001 (bf16 keeps 8 mantissa bits); back projection halves it
     assert err.max() < 0.02 and err.mean() < 0.003
     assert err.max() > 0  # bf16 really ran
 
