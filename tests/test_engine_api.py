@@ -231,12 +231,15 @@ def test_save_load_round_trip(tmp_path):
         "cyclegan",
         2,
         _detail_generator(2).state_dict(),
-        {"iterations": 5, "history": {"recon": [np.float32(0.1)]}},
+        {"iterations": 5, "history": {"recon": [np.float32(0.1)]}, "src": tmp_path},
     )
     path = tmp_path / "w" / "model.pt"
     save_weights(model, path)
     back = load_weights(path, scale=2)
     assert back.method == "cyclegan" and back.scale == 2 and back.info["iterations"] == 5
+    assert back.info["history"]["recon"] == [pytest.approx(0.1)] and back.info["src"] == str(
+        tmp_path
+    )
     np.testing.assert_array_equal(upscale(frame, back, config), upscale(frame, model, config))
     ibp = EngineConfig(method="ibp", scale=3)
     save_weights(fit([], ibp), tmp_path / "ibp.pt")

@@ -102,7 +102,9 @@ def _plain(value: Any) -> Any:
         return value.tolist()
     if isinstance(value, np.generic):
         return value.item()
-    return value
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)  # e.g. a Path: weights_only loading accepts plain types only
 
 
 @dataclass(frozen=True)
