@@ -59,49 +59,61 @@ class LossWeights(_Frozen):
 class EngineConfig(_Frozen):
     """Everything the SR engine needs; no DICOM in sight."""
 
-    method: Literal["cyclegan", "zssr", "ibp", "bicubic"] = "cyclegan"
+    method: Literal["cyclegan", "zssr", "ibp", "bicubic"] = Field(
+        "cyclegan", description="cyclegan (the paper), zssr (G alone, L1), ibp, bicubic"
+    )
     scale: int = Field(2, description="integer upscaling factor: 2, 3 or 4")
     # training budget and ZSSR's learning-rate policy
     iterations: int = Field(300, ge=0, description="iteration cap for one training run")
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate at the start")
     lr_min: float = Field(1e-6, gt=0, description="stop when the rate falls below this")
     lr_check_every: int = Field(60, ge=1, description="iterations between slope checks")
     lr_min_iterations: int = Field(120, ge=0, description="no rate decay before this")
     lr_factor: float = Field(10.0, gt=1, description="divide the rate by this on a plateau")
-    crop_size: int = Field(64, ge=16)
-    batch_size: int = Field(4, ge=1)
-    augment: Literal["none", "mirror", "dihedral"] = "dihedral"
+    crop_size: int = Field(64, ge=16, description="side of the HR training crops")
+    batch_size: int = Field(4, ge=1, description="crops per training iteration")
+    augment: Literal["none", "mirror", "dihedral"] = Field(
+        "dihedral", description="fathers' geometric augmentation: none, mirror, 8 dihedral"
+    )
     father_scales: int = Field(
         4, ge=1, description="number of downscaled fathers besides the frame itself"
     )
     noise_std: float = Field(0.0, ge=0, description="Gaussian noise added to the LR sons")
     # degradation kernel shared by the sons and back projection
-    kernel: Literal["bicubic", "gaussian"] = "bicubic"
+    kernel: Literal["bicubic", "gaussian"] = Field(
+        "bicubic", description="degradation kernel of the sons and of back projection"
+    )
     psf_sigma_axial: float = Field(1.0, gt=0, description="Gaussian PSF sigma (rows), HR px")
     psf_sigma_lateral: float = Field(1.5, gt=0, description="Gaussian PSF sigma (cols), HR px")
     # CycleGAN specifics
-    losses: LossWeights = LossWeights()
-    gan_mode: Literal["log", "lsgan"] = "log"
+    losses: LossWeights = Field(LossWeights(), description="weights of Eq. 2-7")
+    gan_mode: Literal["log", "lsgan"] = Field(
+        "log", description="adversarial form: -log D (the paper) or least squares"
+    )
     pool_size: int = Field(50, ge=0, description="history pool of generated images for D")
     vgg19_weights: str | None = Field(
         None, description="local torchvision VGG19 state dict for the perceptual loss"
     )
     # inference
     ensemble: Literal[1, 2, 8] = Field(8, description="self-ensemble size: 1, 2 (mirror) or 8")
-    back_projection_iters: int = Field(10, ge=0)
+    back_projection_iters: int = Field(10, ge=0, description="back-projection passes")
     tile: int = Field(256, ge=32, description="LR tile side for inference")
-    tile_overlap: int = Field(16, ge=0)
+    tile_overlap: int = Field(16, ge=0, description="overlap of inference tiles, LR px")
     bf16: bool = Field(False, description="bf16 autocast at inference")
-    channels_last: bool = False
+    channels_last: bool = Field(False, description="channels-last memory format at inference")
     # cines
-    cine_mode: Literal["shared", "finetune", "cold"] = "shared"
-    cine_train_frames: int = Field(8, ge=1)
+    cine_mode: Literal["shared", "finetune", "cold"] = Field(
+        "shared", description="cines: train once and reuse, fine-tune per frame, or train each"
+    )
+    cine_train_frames: int = Field(8, ge=1, description="cine frames the fathers come from")
     cine_budget: float = Field(3.0, gt=0, description="cine iterations = budget x iterations")
-    finetune_iterations: int = Field(0, ge=0)
-    finetune_lr: float = Field(1e-4, gt=0)
+    finetune_iterations: int = Field(0, ge=0, description="per-frame fine-tuning iterations")
+    finetune_lr: float = Field(1e-4, gt=0, description="learning rate of fine-tuning")
     # execution
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = Field(0, description="random seed: same seed, input and device, same output")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto takes CUDA when there is one"
+    )
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 keeps torch's default")
 
     @field_validator("scale")
@@ -116,18 +128,23 @@ class OutputConfig(_Frozen):
     """How derived DICOM is written."""
 
     uid_root: str = Field("1.2.826.0.1.3680043.8.498.", description="root of new UIDs")
-    compress: Literal["none", "rle", "jpeg", "jpegls", "j2k"] = "rle"
-    jpeg_quality: int = Field(95, ge=1, le=100)
+    compress: Literal["none", "rle", "jpeg", "jpegls", "j2k"] = Field(
+        "rle", description="output transfer syntax (RLE lossless: see docs/output.rst)"
+    )
+    jpeg_quality: int = Field(95, ge=1, le=100, description="quality of --compress jpeg")
     max_pixels: int = Field(2560 * 1920, ge=1, description="largest input frame, in pixels")
-    series_description_suffix: str = " [SR x{scale}]"
-    series_number_offset: int = Field(1000, ge=0)
+    series_description_suffix: str = Field(
+        " [SR x{scale}]", description="appended to SeriesDescription ({scale} is filled in)"
+    )
+    series_number_offset: int = Field(1000, ge=0, description="added to the SeriesNumber")
 
     @field_validator("uid_root")
     @classmethod
     def _uid_root(cls, v: str) -> str:
         body = v.rstrip(".")
-        if not body or not all(p.isdigit() and (p == "0" or not p.startswith("0"))
-                               for p in body.split(".")):
+        if not body or not all(
+            p.isdigit() and (p == "0" or not p.startswith("0")) for p in body.split(".")
+        ):
             raise ValueError(f"not a valid UID root: {v!r}")
         if len(body) > 40:
             raise ValueError("UID root longer than 40 characters leaves too little room")
@@ -184,7 +201,7 @@ def _validate(data: Mapping[str, Any], source: str) -> PipelineConfig:
 
 
 def pipelines_dir() -> Path:
-    """The folder of named pipelines: $DICOM_SR_PIPELINES, else ``pipelines/`` beside the package."""
+    """The named pipelines' folder: $DICOM_SR_PIPELINES, else ``pipelines/`` beside the package."""
     env = os.environ.get("DICOM_SR_PIPELINES")
     if env:
         return Path(env)

@@ -6,8 +6,8 @@ cd "$(dirname "$0")/.."
 # shellcheck disable=SC1091
 . .venv/bin/activate
 echo "== ruff"
-ruff check dicom_sr tests benchmarks sample_data docs
-ruff format --check dicom_sr tests benchmarks sample_data docs
+ruff check dicom_sr tests benchmarks sample_data docs scripts
+ruff format --check dicom_sr tests benchmarks sample_data docs scripts
 echo "== import-linter"
 lint-imports
 echo "== sphinx"
