@@ -2,8 +2,9 @@
 
 The fathers are each frame and ``config.father_scales`` antialiased bicubic downscales of it
 (factors evenly spaced from 1 down to 0.5), computed once as tensors on the training device.
-A batch is ``config.batch_size`` random crops of side ``crop`` (``config.crop_size`` rounded
-down to a multiple of the scale so every son is exactly ``crop / s``), each from a father
+A batch is ``config.batch_size`` random crops of side ``crop`` (``config.crop_size``, at most
+half the smallest frame side, rounded down to a multiple of the scale so every son is exactly
+``crop / s``), each from a father
 drawn with probability proportional to its area, each with a random geometric augmentation:
 ``"mirror"`` flips left-right only (keeps the axial direction of ultrasound vertical),
 ``"dihedral"`` the eight rotations/reflections (as the paper). The sons are
@@ -49,7 +50,10 @@ def build_fathers(
         raise ValueError("training needs at least one frame")
     s = config.scale
     smallest = min(min(f.shape[-2:]) for f in frames)
-    crop = min(config.crop_size, smallest) // s * s
+    # at most half the smallest side, so that the half-size father still yields varied crops:
+    # a 60 px LR input at x4 with 60 px crops trains on one father, the whole image, and
+    # measured 0.4 dB worse than with 28 px crops from the full pyramid
+    crop = min(config.crop_size, smallest // 2) // s * s
     if crop < 2 * s:
         raise ValueError(f"frame of {smallest} px is too small to train at x{s}")
     images: list[torch.Tensor] = []
