@@ -191,3 +191,10 @@ def test_markdown_ablation_table():
     assert "| variant | PSNR [dB] x2 | VIF-P x2 | SSIM x2 |" in table
     assert "| ablation-gan-alone | 31.00 ± 1.00 | 0.6000 ± 0.0000 | 0.9000 ± 0.0000 |" in table
     assert table.strip().splitlines()[-1].startswith("| cyclegan (all losses) | 33.00 ± 0.50 |")
+
+
+def test_unknown_method_is_named():
+    from dicom_sr.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown method 'srgan'.*ablation-gan-alone"):
+        resolve_methods(["bicubic", "srgan"], PipelineConfig())

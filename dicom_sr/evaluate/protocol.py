@@ -19,7 +19,13 @@ from typing import Literal
 import numpy as np
 import torch
 
-from dicom_sr.config import EngineConfig, PipelineConfig, load_pipeline
+from dicom_sr.config import (
+    ConfigError,
+    EngineConfig,
+    PipelineConfig,
+    available_pipelines,
+    load_pipeline,
+)
 from dicom_sr.dicom.discover import Instance, Skipped, discover
 from dicom_sr.dicom.frames import FrameDecodeError, open_frames
 from dicom_sr.dicom.regions import tissue_regions
@@ -122,7 +128,14 @@ def resolve_methods(names: Iterable[str], config: PipelineConfig) -> list[Method
         if name in BASE_METHODS:
             specs.append(MethodSpec(name, EngineConfig.model_validate({**base, "method": name})))
             continue
-        abl = load_pipeline(name).engine.model_dump()
+        try:
+            abl = load_pipeline(name).engine.model_dump()
+        except ConfigError as exc:
+            ablations = [p for p in available_pipelines() if p.startswith("ablation-")]
+            raise ConfigError(
+                f"unknown method {name!r}: expected one of {list(BASE_METHODS)} or an ablation "
+                f"pipeline {ablations} ({exc})"
+            ) from None
         diff = {k: v for k, v in abl.items() if v != defaults[k]}
         eng = EngineConfig.model_validate({**base, **diff, "method": "cyclegan"})
         specs.append(MethodSpec(name, eng, ablation=True))
