@@ -26,7 +26,14 @@ from dicom_sr.dicom.encode import FrameEncoder
 from dicom_sr.dicom.frames import Frame, FrameDecodeError, open_frames, to_pixels
 from dicom_sr.dicom.provenance import Provenance, derived_series_uid, derived_sop_uid
 from dicom_sr.dicom.store import Manifest, instance_path, output_path, write_atomic
-from dicom_sr.engine import TrainedModel, fit, fit_cine, upscale, upscale_np
+from dicom_sr.engine import (
+    TrainedModel,
+    cine_frame_indices,
+    finetune,
+    fit,
+    upscale,
+    upscale_np,
+)
 
 __all__ = [
     "ProgressEvent",
@@ -153,13 +160,6 @@ def _iter_tissue_crops(series: Series, indices: set[int]) -> Iterator[np.ndarray
             logger.warning("not used for training: %s", exc)
 
 
-def _spread(n: int, k: int) -> list[int]:
-    """``k`` indices spread evenly over ``range(n)`` (all of them when k >= n)."""
-    if k >= n:
-        return list(range(n))
-    return sorted({int(round(i)) for i in np.linspace(0, n - 1, k)})
-
-
 def train_series(
     series: Series,
     config: PipelineConfig,
@@ -181,21 +181,13 @@ def train_series(
     if eng.method in ("bicubic", "ibp"):
         return fit([], eng)
     n = series.n_frames
-    picks = _spread(n, eng.cine_train_frames if n > 1 else 1)
+    picks = cine_frame_indices(n, eng.cine_train_frames)
     crops = list(_iter_tissue_crops(series, set(picks)))
     if not crops:
         raise ValueError(f"series {series.series_uid}: no tissue region large enough to train on")
-    if n == 1 or len(crops) == 1:
-        return fit(crops, eng, init=init, progress=report)
-    if init is not None:
-        return fit(
-            crops,
-            eng,
-            init=init,
-            iterations=round(eng.cine_budget * eng.iterations),
-            progress=report,
-        )
-    return fit_cine(crops, eng, progress=report)
+    # one frame: the single-image budget; several: the cine budget (train once, reuse)
+    budget = eng.iterations if n == 1 else round(eng.cine_budget * eng.iterations)
+    return fit(crops, eng, init=init, iterations=budget, progress=report)
 
 
 def _super_resolve_frame(
@@ -212,9 +204,7 @@ def _super_resolve_frame(
             if eng.cine_mode == "cold":
                 frame_model = fit([crop], eng)
             elif eng.finetune_iterations > 0:
-                frame_model = fit(
-                    [crop], eng, init=model, iterations=eng.finetune_iterations, lr=eng.finetune_lr
-                )
+                frame_model = finetune(crop, model, eng)
         luma[s * r.y0 : s * (r.y1 + 1), s * r.x0 : s * (r.x1 + 1)] = upscale(crop, frame_model, eng)
     chroma = None if frame.chroma is None else upscale_np(frame.chroma, s, "bicubic")
     return luma, chroma

@@ -197,7 +197,7 @@ def process(
     init = None
     if weights:
         try:
-            init = load_weights(weights)
+            init = load_weights(weights, scale=config.engine.scale)
         except (ValueError, OSError) as exc:
             raise click.BadParameter(str(exc), param_hint="--weights") from None
     out = Path(out_dir)

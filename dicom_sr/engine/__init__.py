@@ -6,6 +6,7 @@ Public API (implemented in :mod:`dicom_sr.engine.api`)::
     upscale(frame, model, config) -> np.ndarray
     super_resolve(frame, config, progress=None) -> np.ndarray
     fit_cine(frames, config, progress=None) -> TrainedModel
+    cine_frame_indices(n, k) -> list[int]
     finetune(frame, model, config, progress=None) -> TrainedModel
     save_weights(model, path); load_weights(path, *, scale=None) -> TrainedModel
     select_device(name) -> torch.device
@@ -17,6 +18,7 @@ and the resampling helpers of :mod:`dicom_sr.engine.resize` (``downscale``,
 from dicom_sr.engine.api import (
     METHODS,
     TrainedModel,
+    cine_frame_indices,
     finetune,
     fit,
     fit_cine,
@@ -32,6 +34,7 @@ from dicom_sr.engine.resize import downscale, resize_bicubic, upscale_bicubic, u
 __all__ = [
     "METHODS",
     "TrainedModel",
+    "cine_frame_indices",
     "finetune",
     "fit",
     "fit_cine",
