@@ -16,7 +16,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -123,6 +130,16 @@ class EngineConfig(_Frozen):
             raise ValueError("must be 2, 3 or 4")
         return v
 
+    @model_validator(mode="after")
+    def _crop_fits_scale(self) -> EngineConfig:
+        # the LR discriminator needs an LR crop of at least 8 px to leave a score map
+        if self.crop_size // self.scale < 8:
+            raise ValueError(
+                f"crop_size {self.crop_size} leaves LR crops under 8 px at scale {self.scale}; "
+                f"use crop_size >= {8 * self.scale}"
+            )
+        return self
+
 
 class OutputConfig(_Frozen):
     """How derived DICOM is written."""
@@ -195,6 +212,8 @@ def _validate(data: Mapping[str, Any], source: str) -> PipelineConfig:
             key = ".".join(str(p) for p in err["loc"])
             if err["type"] == "extra_forbidden":
                 msgs.append(f"unknown key {key!r}")
+            elif isinstance(err.get("input"), Mapping):
+                msgs.append(f"{key!r}: {err['msg']}")
             else:
                 msgs.append(f"{key!r}: {err['msg']} (got {err.get('input')!r})")
         raise ConfigError(f"{source}: " + "; ".join(msgs)) from None
