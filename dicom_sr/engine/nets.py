@@ -165,8 +165,8 @@ class Degrader(nn.Module):
     pool by 3 for x3, ``ceil_mode`` so sizes are ``ceil(H/s)``), more residual blocks, and a
     one-channel output. The output is added to ``downscale(hr)`` when a ``skip`` degradation
     is given, so that ``F`` starts at the configured kernel and learns what it misses
-    (an engineering choice, documented in the training notes). Output is at LR size; callers
-    upsample only where a loss compares at HR size.
+    (our choice, not the paper's: the cycles are then meaningful from the first step).
+    Output is at LR size; callers upsample only where a loss compares at HR size.
     """
 
     def __init__(self, scale: int, width: int = 32, blocks: int = 2) -> None:
