@@ -305,7 +305,7 @@ def bench_memory(args, device) -> dict:
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     res["ru_maxrss_children_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     res["file"] = CINE_120
-    res["method"] = args.method
+    res["method"] = args.memory_method
     res["iterations"] = args.iterations
     logger.info("memory: %s", res)
     return res
