@@ -538,7 +538,7 @@ def print_tables(res: dict, rst: bool = False) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--reduced", action="store_true", help="CPU-sized run (~20 min)")
+    p.add_argument("--reduced", action="store_true", help="CPU-sized: fewer frames, iterations")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--method", default="cyclegan", choices=("cyclegan", "zssr"))
     p.add_argument("--pipeline", default="bmode-default")
