@@ -307,6 +307,14 @@ def _print_summary(summary: dict[str, Any], quiet: bool) -> None:
 )
 @_engine_options
 @click.option(
+    "--degradation",
+    type=click.Choice(["bicubic", "psf"]),
+    default="bicubic",
+    show_default=True,
+    help="How the protocol degrades the frames: antialiased bicubic, or an anisotropic "
+    "Gaussian PSF (wider laterally) that the methods do not know.",
+)
+@click.option(
     "--max-images",
     type=click.IntRange(min=1),
     default=None,
@@ -326,6 +334,7 @@ def evaluate(
     device,
     seed,
     vgg19,
+    degradation,
     max_images,
     quiet,
     verbose,
@@ -336,6 +345,7 @@ def evaluate(
     """
     _setup_logging(verbose, quiet)
     from dicom_sr.evaluate import run_evaluation
+    from dicom_sr.evaluate.protocol import Degradation
 
     config = _load_config(
         pipeline, _engine_overrides(None, method, iterations, ensemble, device, seed, vgg19)
@@ -355,8 +365,19 @@ def evaluate(
         scales=scales,
         config=config,
         max_images=max_images,
+        degradation=Degradation(kernel=degradation),
+        progress=None if quiet else _count_progress("evaluate"),
     )
     click.echo(f"report written to {out_dir} ({len(report.get('images', []))} images)")
+
+
+def _count_progress(label: str):
+    """A (done, total) callback that logs each step (evaluation has no frame stream to draw)."""
+
+    def report(done: int, total: int) -> None:
+        logger.info("%s: %d/%d", label, done, total)
+
+    return report
 
 
 @main.command("pipelines")

@@ -1,0 +1,57 @@
+"""The click layer: options reach the library, results come back as files and exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from dicom_sr import __version__
+from dicom_sr.cli import main
+from dicom_sr.config import load_pipeline
+from tests.conftest import us_file
+
+
+def test_version_and_pipelines() -> None:
+    runner = CliRunner()
+    assert __version__ in runner.invoke(main, ["--version"]).output
+    result = runner.invoke(main, ["pipelines"])
+    assert result.exit_code == 0
+    line = next(x for x in result.output.splitlines() if x.startswith("bmode-default"))
+    assert load_pipeline("bmode-default").hash() in line
+    assert "INVALID" not in result.output
+
+
+def test_evaluate_writes_report_with_psf_degradation(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    result = CliRunner().invoke(
+        main,
+        [
+            "evaluate",
+            str(us_file("US1_UNCR.dcm")),
+            "--out",
+            str(out),
+            "--methods",
+            "bicubic,ibp",
+            "--scale",
+            "2",
+            "--degradation",
+            "psf",
+            "-q",
+        ],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["protocol"]["degradation_params"]["kernel"] == "psf"
+    assert (out / "report.md").read_text().count("ibp") >= 1
+    assert list(out.rglob("*.png"))
+
+
+def test_evaluate_rejects_bad_scale(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        main, ["evaluate", str(us_file("US1_UNCR.dcm")), "--out", str(tmp_path), "--scale", "5"]
+    )
+    assert result.exit_code == 2
+    assert "--scale" in result.output
