@@ -78,7 +78,7 @@ class EngineConfig(_Frozen):
     lr_min_iterations: int = Field(120, ge=0, description="no rate decay before this")
     lr_factor: float = Field(10.0, gt=1, description="divide the rate by this on a plateau")
     crop_size: int = Field(64, ge=16, description="side of the HR training crops")
-    batch_size: int = Field(4, ge=1, description="crops per training iteration")
+    batch_size: int = Field(2, ge=1, description="crops per training iteration")
     augment: Literal["none", "mirror", "dihedral"] = Field(
         "dihedral", description="fathers' geometric augmentation: none, mirror, 8 dihedral"
     )
@@ -102,7 +102,7 @@ class EngineConfig(_Frozen):
         None, description="local torchvision VGG19 state dict for the perceptual loss"
     )
     # inference
-    ensemble: Literal[1, 2, 8] = Field(8, description="self-ensemble size: 1, 2 (mirror) or 8")
+    ensemble: Literal[1, 2, 8] = Field(1, description="self-ensemble size: 1, 2 (mirror) or 8")
     back_projection_iters: int = Field(10, ge=0, description="back-projection passes")
     tile: int = Field(256, ge=32, description="LR tile side for inference")
     tile_overlap: int = Field(16, ge=0, description="overlap of inference tiles, LR px")
@@ -113,7 +113,7 @@ class EngineConfig(_Frozen):
         "shared", description="cines: train once and reuse, fine-tune per frame, or train each"
     )
     cine_train_frames: int = Field(8, ge=1, description="cine frames the fathers come from")
-    cine_budget: float = Field(3.0, gt=0, description="cine iterations = budget x iterations")
+    cine_budget: float = Field(2.0, gt=0, description="cine iterations = budget x iterations")
     finetune_iterations: int = Field(0, ge=0, description="per-frame fine-tuning iterations")
     finetune_lr: float = Field(1e-4, gt=0, description="learning rate of fine-tuning")
     # execution
