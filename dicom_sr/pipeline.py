@@ -180,6 +180,10 @@ def train_series(
 
     if eng.method in ("bicubic", "ibp"):
         return fit([], eng)
+    if eng.cine_mode == "cold":
+        # every frame trains its own model in _super_resolve_frame; nothing shared to train
+        info = {"iterations": eng.iterations, "cine_mode": "cold"}
+        return TrainedModel(eng.method, eng.scale, None, info)
     n = series.n_frames
     picks = cine_frame_indices(n, eng.cine_train_frames)
     crops = list(_iter_tissue_crops(series, set(picks)))

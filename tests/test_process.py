@@ -272,3 +272,16 @@ def test_process_cine_streams(tmp_path: Path) -> None:
     ds = pydicom.dcmread(summary["series"][0]["written"][0])
     assert ds.NumberOfFrames == 120
     assert ds.Rows == 960
+
+
+def test_cold_cine_mode_trains_per_frame_only(tmp_path: Path) -> None:
+    """--cine-mode cold fits each frame itself; no shared model is trained first."""
+    cine = Path(__file__).resolve().parents[1] / "sample_data" / "us_phantom_cine.dcm"
+    code, summary, out = _run(
+        str(cine), "--out", str(tmp_path), "--cine-mode", "cold", "--iterations", "3"
+    )
+    assert code == 0, out
+    [series] = summary["series"]
+    assert series["frames"] == 6 and series["train_seconds"] == 0.0
+    ds = pydicom.dcmread(series["written"][0])
+    assert ds.NumberOfFrames == 6 and "cyclegan" in ds.DerivationDescription
