@@ -25,7 +25,7 @@ from dicom_sr.dicom.discover import Discovery, Instance, Series, Skipped, discov
 from dicom_sr.dicom.encode import FrameEncoder
 from dicom_sr.dicom.frames import Frame, FrameDecodeError, open_frames, to_pixels
 from dicom_sr.dicom.provenance import Provenance, derived_series_uid, derived_sop_uid
-from dicom_sr.dicom.store import Manifest, instance_path, output_path, write_atomic
+from dicom_sr.dicom.store import Manifest, instance_path, write_atomic
 from dicom_sr.engine import (
     TrainedModel,
     cine_frame_indices,
@@ -220,6 +220,8 @@ def _write_instance(
     config: PipelineConfig,
     out_dir: Path,
     derived_series: str,
+    sop_uid: str,
+    path: Path,
     provenance: Provenance,
     on_frame: Callable[[], None],
 ) -> InstanceResult:
@@ -227,7 +229,6 @@ def _write_instance(
     t0 = time.perf_counter()
     s = config.engine.scale
     cfg_hash = provenance.config_hash
-    sop_uid = derived_sop_uid(config.output.uid_root, inst.sop_instance_uid, cfg_hash)
     with open_frames(inst) as reader:
         boxes = us_regions.tissue_regions(reader.header, inst.rows, inst.columns)
         encoder = FrameEncoder(
@@ -253,7 +254,6 @@ def _write_instance(
             series_uid=derived_series,
             sop_uid=sop_uid,
         )
-    path = output_path(out_dir, ds)
     write_atomic(ds, path)
     seconds = time.perf_counter() - t0
     Manifest(out_dir).record(
@@ -307,7 +307,7 @@ def process_series(
         if manifest.done(path):
             result.instances.append(InstanceResult(inst.path, "done", path, inst.number_of_frames))
         else:
-            todo.append(inst)
+            todo.append((inst, sop_uid, path))
     if not todo:
         result.seconds = time.perf_counter() - t0
         return result
@@ -317,7 +317,7 @@ def process_series(
     result.train_seconds = time.perf_counter() - t_train
     provenance = _provenance(config, result.model)
 
-    total = sum(i.number_of_frames for i in todo)
+    total = sum(inst.number_of_frames for inst, _, _ in todo)
     done = 0
 
     def on_frame() -> None:
@@ -326,7 +326,7 @@ def process_series(
         if progress:
             progress(ProgressEvent(series.series_uid, "frames", done, total))
 
-    for inst in todo:
+    for inst, sop_uid, path in todo:
         before = done
         try:
             result.instances.append(
@@ -336,6 +336,8 @@ def process_series(
                     config,
                     out_dir,
                     result.derived_series_uid,
+                    sop_uid,
+                    path,
                     provenance,
                     on_frame,
                 )
