@@ -119,6 +119,23 @@ def _derive(name: str, compress: str, out_dir: Path) -> Path:
     return path
 
 
+def _derive_frames(header, frames, layout, compress="rle", provenance=PROVENANCE):
+    """Encode ``frames`` and derive one instance with fixed test UIDs (not written)."""
+    encoder = FrameEncoder(frames[0].shape[0], frames[0].shape[1], layout, compress, 95)
+    for frame in frames:
+        encoder.add(frame)
+    return derive_dataset(
+        header,
+        encoder.finish(),
+        scale=SCALE,
+        number_of_frames=len(frames),
+        provenance=provenance,
+        output=OUTPUT,
+        series_uid="1.2.3",
+        sop_uid="1.2.4",
+    )
+
+
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
     """Write each (source, mode) once per module and hand out its path."""
@@ -300,19 +317,7 @@ def test_uids_are_deterministic():
 def test_part_of_a_cine_references_its_frames(tmp_path):
     """Deriving only the first frames of a cine names them and trims per-frame timing."""
     header, pixels, layout = source("examples_ybr_color.dcm")
-    encoder = FrameEncoder(pixels.shape[1], pixels.shape[2], layout, "rle", 95)
-    for frame in pixels[:3]:
-        encoder.add(frame)
-    ds = derive_dataset(
-        header,
-        encoder.finish(),
-        scale=SCALE,
-        number_of_frames=3,
-        provenance=PROVENANCE,
-        output=OUTPUT,
-        series_uid="1.2.3",
-        sop_uid="1.2.4",
-    )
+    ds = _derive_frames(header, pixels[:3], layout)
     assert ds.NumberOfFrames == 3
     assert list(ds.SourceImageSequence[0].ReferencedFrameNumber) == [1, 2, 3]
     assert ds.FrameTime == header.FrameTime
@@ -320,19 +325,9 @@ def test_part_of_a_cine_references_its_frames(tmp_path):
 
 def test_derive_rejects_wrong_size():
     header, pixels, layout = source("US1_UNCR.dcm")
-    encoder = FrameEncoder(pixels.shape[1] + 2, pixels.shape[2], layout, "none", 95)
-    encoder.add(np.zeros((pixels.shape[1] + 2, pixels.shape[2], 3), np.uint8))
+    wrong = np.zeros((1, pixels.shape[1] + 2, pixels.shape[2], 3), np.uint8)
     with pytest.raises(ValueError, match="Rows x Columns"):
-        derive_dataset(
-            header,
-            encoder.finish(),
-            scale=SCALE,
-            number_of_frames=1,
-            provenance=PROVENANCE,
-            output=OUTPUT,
-            series_uid="1.2.3",
-            sop_uid="1.2.4",
-        )
+        _derive_frames(header, wrong, layout, "none")
 
 
 @pytest.mark.parametrize("compress", ["none", "rle", "jpegls", "j2k"])
@@ -344,18 +339,7 @@ def test_grey_keeps_12_bits_stored(tmp_path, compress):
     header.Rows, header.Columns, header.BitsStored, header.HighBit = 128, 160, 12, 11
     del header.SequenceOfUltrasoundRegions
     layout = PixelLayout(colour=False, bits_stored=12, source_photometric="MONOCHROME2")
-    encoder = FrameEncoder(*frame.shape, layout, compress, 95)
-    encoder.add(frame)
-    ds = derive_dataset(
-        header,
-        encoder.finish(),
-        scale=SCALE,
-        number_of_frames=1,
-        provenance=PROVENANCE,
-        output=OUTPUT,
-        series_uid="1.2.3",
-        sop_uid="1.2.4",
-    )
+    ds = _derive_frames(header, [frame], layout, compress)
     write_atomic(ds, tmp_path / "grey.dcm")
     back = dcmread(tmp_path / "grey.dcm")
     assert (back.BitsAllocated, back.BitsStored, back.HighBit) == (16, 12, 11)
@@ -386,18 +370,7 @@ def test_text_attributes_respect_their_vr_limits():
     header = dcmread(us_file("US1_UNCR.dcm"), stop_before_pixels=True)  # not the cached one
     header.SeriesDescription = "D" * 64
     long = Provenance(**{**PROVENANCE.__dict__, "pipeline_name": "p" * 80, "extra": "e" * 5000})
-    encoder = FrameEncoder(pixels.shape[1], pixels.shape[2], layout, "rle", 95)
-    encoder.add(pixels[0])
-    ds = derive_dataset(
-        header,
-        encoder.finish(),
-        scale=SCALE,
-        number_of_frames=1,
-        provenance=long,
-        output=OUTPUT,
-        series_uid="1.2.3",
-        sop_uid="1.2.4",
-    )
+    ds = _derive_frames(header, pixels[:1], layout, provenance=long)
     assert len(ds.DerivationDescription) <= 1024
     assert "0123456789abcdef" in ds.DerivationDescription  # the hash survives the cut
     assert all(len(v) <= 64 for v in ds.ContributingEquipmentSequence[-1].SoftwareVersions)
