@@ -358,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=None, help="training iterations per fit")
     p.add_argument("--ensemble", type=int, choices=(1, 2, 8), default=None)
     p.add_argument("--scales", default="2,4")
+    p.add_argument("--cine-frames", type=int, default=None, help="cine frames to read")
+    p.add_argument("--cold-frames", type=int, default=None, help="frames trained cold")
     p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
     p.add_argument(
         "--out", type=Path, default=None, help="JSON path (default benchmarks/results-<mode>.json)"
@@ -377,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args.scales = [int(s) for s in args.scales.split(",")]
     sections = [s for s in args.only.split(",") if s]
+    user_cine, user_cold = args.cine_frames, args.cold_frames
     if args.reduced:
         args.cine_frames, args.cold_frames, args.precision_frames, args.repeat = 6, 2, 2, 1
         args.iterations = 20 if args.iterations is None else args.iterations
@@ -397,6 +400,12 @@ def main(argv: list[str] | None = None) -> int:
         args.table_iv_ensembles = (1, 8)
         args.memory_method = args.method
         note = "full: 30-frame cine, cold fits on all 30, pipeline iterations and ensemble"
+    if user_cine is not None:
+        args.cine_frames = max(1, user_cine)
+        note += f"; cine of {args.cine_frames} frames"
+    if user_cold is not None:
+        args.cold_frames = min(max(1, user_cold), args.cine_frames)
+        note += f"; cold fits on {args.cold_frames} frames"
     if args.iterations is None:
         args.iterations = load_pipeline(args.pipeline).engine.iterations
     device = select_device(args.device)

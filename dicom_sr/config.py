@@ -75,7 +75,7 @@ class EngineConfig(_Frozen):
     lr: float = Field(1e-3, gt=0, description="Adam learning rate at the start")
     lr_min: float = Field(1e-6, gt=0, description="stop when the rate falls below this")
     lr_check_every: int = Field(60, ge=1, description="iterations between slope checks")
-    lr_min_iterations: int = Field(120, ge=0, description="no rate decay before this")
+    lr_min_iterations: int = Field(256, ge=0, description="no rate decay before this")
     lr_factor: float = Field(10.0, gt=1, description="divide the rate by this on a plateau")
     crop_size: int = Field(64, ge=16, description="side of the HR training crops")
     batch_size: int = Field(2, ge=1, description="crops per training iteration")
@@ -86,6 +86,9 @@ class EngineConfig(_Frozen):
         4, ge=1, description="number of downscaled fathers besides the frame itself"
     )
     noise_std: float = Field(0.0, ge=0, description="Gaussian noise added to the LR sons")
+    crop_sampling: Literal["uniform", "content"] = Field(
+        "content", description="crop positions: uniform, or weighted by the crop's std"
+    )
     # degradation kernel shared by the sons and back projection
     kernel: Literal["bicubic", "gaussian"] = Field(
         "bicubic", description="degradation kernel of the sons and of back projection"
@@ -100,6 +103,10 @@ class EngineConfig(_Frozen):
     pool_size: int = Field(50, ge=0, description="history pool of generated images for D")
     vgg19_weights: str | None = Field(
         None, description="local torchvision VGG19 state dict for the perceptual loss"
+    )
+    perceptual_fallback: Literal["none", "d_hr"] = Field(
+        "none",
+        description="without VGG19 weights: leave the perceptual term out, or use D_hr features",
     )
     # inference
     ensemble: Literal[1, 2, 8] = Field(1, description="self-ensemble size: 1, 2 (mirror) or 8")

@@ -13,7 +13,7 @@ from pydicom.pixels import apply_color_lut
 
 from dicom_sr.config import EngineConfig, LossWeights, load_pipeline
 from dicom_sr.engine import train as train_mod
-from dicom_sr.engine.fathers import build_fathers, sample_batch
+from dicom_sr.engine.fathers import build_fathers, crop_weights, sample_batch
 from dicom_sr.engine.losses import TERMS, Networks, generator_losses
 from dicom_sr.engine.nets import (
     Degrader,
@@ -265,11 +265,46 @@ def test_perceptual_source_reported(tissue, tmp_path, monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="dicom_sr.engine.train"):
         res = train([tissue], cfg, method="cyclegan", device=CPU)
         train([tissue], cfg, method="cyclegan", device=CPU)
-    assert res.perceptual == "d_hr"
+    # the default fallback leaves the term out: it is never computed
+    assert res.perceptual == "off (no VGG19 weights)"
+    assert "perceptual" not in res.history and "adversarial" in res.history
     assert sum("VGG19" in r.message for r in caplog.records) == 1
+    d_hr = cfg.model_copy(update={"perceptual_fallback": "d_hr"})
+    res = train([tissue], d_hr, method="cyclegan", device=CPU)
+    assert res.perceptual == "d_hr" and len(res.history["perceptual"]) == 2
     torch.save(_torchvision_vgg19_state(), tmp_path / "vgg.pth")
     cfg = small(iterations=1, vgg19_weights=str(tmp_path / "vgg.pth"))
-    assert train([tissue], cfg, method="cyclegan", device=CPU).perceptual == "vgg19"
+    res = train([tissue], cfg, method="cyclegan", device=CPU)
+    assert res.perceptual == "vgg19" and len(res.history["perceptual"]) == 1
     off = cfg.model_copy(update={"losses": LossWeights(perceptual=0)})
     assert train([tissue], off, method="cyclegan", device=CPU).perceptual == "off"
     assert train([tissue], cfg, method="zssr", device=CPU).perceptual == "off"
+
+
+def test_crop_weights_are_window_std():
+    img = torch.rand(20, 30, generator=torch.Generator().manual_seed(1))
+    w = crop_weights(img, 8, floor=0.0)
+    ref = torch.stack(
+        [
+            torch.stack([img[i : i + 8, j : j + 8].std(unbiased=False) for j in range(23)])
+            for i in range(13)
+        ]
+    )
+    assert w.shape == (13, 23)
+    torch.testing.assert_close(w, ref, atol=1e-6, rtol=0)
+
+
+def test_content_sampling_avoids_the_black_around_a_sector():
+    # a real SonoSite sector (its tissue region): about 60% of the box is black background
+    ds = pydicom.dcmread(us_file("examples_ybr_color.dcm"))
+    rgb = ds.pixel_array[0, 31:239, 84:319].astype(np.float32) / 255.0
+    frame = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+    def flat_fraction(sampling: str) -> float:
+        cfg = small(crop_size=32, batch_size=200, crop_sampling=sampling)
+        _, y = sample_batch(build_fathers([frame], cfg, CPU), cfg, torch.Generator().manual_seed(0))
+        return float((y.flatten(1).std(1) < 0.01).float().mean())
+
+    uniform, content = flat_fraction("uniform"), flat_fraction("content")
+    assert uniform > 0.15  # the sector's corners do give flat crops
+    assert content < uniform / 2

@@ -9,6 +9,10 @@ drawn with probability proportional to its area, each with a random geometric au
 ``"mirror"`` flips left-right only (keeps the axial direction of ultrasound vertical),
 ``"dihedral"`` the eight rotations/reflections (as the paper). The sons are
 ``downscale(father crop, s, config)`` plus optional Gaussian noise (``config.noise_std``).
+
+Where a crop lies in its father is uniform (``config.crop_sampling = "uniform"``, as ZSSR), or
+weighted by the standard deviation of the crop (``"content"``) so that crops of the black
+background around an ultrasound sector, which teach nothing, are drawn less often.
 """
 
 from __future__ import annotations
@@ -19,11 +23,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as nnf
 
 from dicom_sr.config import EngineConfig
 from dicom_sr.engine.resize import downscale, resize_bicubic
 
-__all__ = ["Fathers", "build_fathers", "sample_batch", "father_factors"]
+__all__ = ["Fathers", "build_fathers", "sample_batch", "father_factors", "crop_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +40,8 @@ class Fathers:
     images: list[torch.Tensor]
     probs: torch.Tensor
     crop: int
+    #: per father, the flattened weights of every crop position (``"content"`` sampling)
+    positions: list[torch.Tensor] | None = None
 
 
 def father_factors(n: int) -> list[float]:
@@ -70,7 +77,28 @@ def build_fathers(
             images.append(t if fac == 1.0 else resize_bicubic(t, (oh, ow)).clamp_(0.0, 1.0))
     area = torch.tensor([float(i.shape[-2] * i.shape[-1]) for i in images])
     logger.debug("%d fathers, crop %d px", len(images), crop)
-    return Fathers(images=images, probs=area / area.sum(), crop=crop)
+    positions = None
+    if config.crop_sampling == "content":
+        positions = [crop_weights(img[0, 0], crop).flatten().cpu() for img in images]
+    return Fathers(images=images, probs=area / area.sum(), crop=crop, positions=positions)
+
+
+def crop_weights(image: torch.Tensor, crop: int, floor: float = 0.1) -> torch.Tensor:
+    """Weight of every ``crop`` x ``crop`` window of ``image`` (H, W): its standard deviation.
+
+    Computed from integral images in O(H W). ``floor`` times the mean weight is added, so that
+    flat windows stay possible, only rarer. Shape (H - crop + 1, W - crop + 1).
+    """
+    x = image.to(torch.float64)
+    n = float(crop * crop)
+
+    def window_sums(t: torch.Tensor) -> torch.Tensor:
+        ii = nnf.pad(t.cumsum(0).cumsum(1), (1, 0, 1, 0))
+        return ii[crop:, crop:] - ii[:-crop, crop:] - ii[crop:, :-crop] + ii[:-crop, :-crop]
+
+    mean = window_sums(x) / n
+    std = (window_sums(x * x) / n - mean * mean).clamp_min(0.0).sqrt()
+    return (std + floor * std.mean() + 1e-12).to(torch.float32)
 
 
 def _augment(crop: torch.Tensor, mode: str, gen: torch.Generator) -> torch.Tensor:
@@ -95,8 +123,12 @@ def sample_batch(
     for i in picks.tolist():
         img = fathers.images[i]
         h, w = img.shape[-2:]
-        top = int(torch.randint(h - c + 1, (1,), generator=gen).item())
-        left = int(torch.randint(w - c + 1, (1,), generator=gen).item())
+        if fathers.positions is not None:
+            pos = int(torch.multinomial(fathers.positions[i], 1, generator=gen).item())
+            top, left = divmod(pos, w - c + 1)
+        else:
+            top = int(torch.randint(h - c + 1, (1,), generator=gen).item())
+            left = int(torch.randint(w - c + 1, (1,), generator=gen).item())
         crops.append(_augment(img[..., top : top + c, left : left + c], config.augment, gen))
     y = torch.cat(crops, dim=0)
     x = downscale(y, config.scale, config)

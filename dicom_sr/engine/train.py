@@ -48,6 +48,9 @@ logger = logging.getLogger(__name__)
 #: ZSSR's ``learning_rate_change_ratio``: decay when ``slope >= -std / SLOPE_RATIO``.
 SLOPE_RATIO = 1.5
 _EVAL_CROP = 256
+#: What ``TrainResult.perceptual`` (and the provenance) says when the term was left out for
+#: want of VGG19 weights, as opposed to ``"off"`` (weight zero).
+NO_VGG19 = "off (no VGG19 weights)"
 _warned_vgg = False
 
 
@@ -131,9 +134,15 @@ def _perceptual_net(config: EngineConfig, device: torch.device) -> VGG19Features
         logger.info("perceptual loss: VGG19 conv4_4 from %s", path)
         return VGG19Features.from_file(path).to(device)
     if not _warned_vgg:
+        instead = (
+            "uses the features of D_hr instead"
+            if config.perceptual_fallback == "d_hr"
+            else "is left out (engine.perceptual_fallback)"
+        )
         logger.warning(
             "no VGG19 weights (engine.vgg19_weights or the torch hub cache): the perceptual "
-            "loss uses the features of D_hr instead"
+            "loss %s",
+            instead,
         )
         _warned_vgg = True
     return None
@@ -153,10 +162,17 @@ def _build(
             return Networks(g=g.to(device), f=nn.Identity()), "off"
         f = Degrader(config.scale)
         vgg = _perceptual_net(config, device) if w.perceptual > 0 else None
-        need_d = w.adversarial > 0 or (w.perceptual > 0 and vgg is None)
+        if vgg is not None:
+            perceptual = "vgg19"
+        elif w.perceptual == 0:
+            perceptual = "off"
+        elif config.perceptual_fallback == "d_hr":
+            perceptual = "d_hr"
+        else:
+            perceptual = NO_VGG19
+        need_d = w.adversarial > 0 or perceptual == "d_hr"
         d_hr = PatchDiscriminator().to(device) if need_d else None
         d_lr = PatchDiscriminator().to(device) if w.adversarial > 0 else None
-    perceptual = "off" if w.perceptual == 0 else ("vgg19" if vgg is not None else "d_hr")
     nets = Networks(
         g=g.to(device),
         f=f.to(device),
@@ -194,6 +210,10 @@ def train(
     eval_lr_hr = _eval_crops(frames, config.scale, device)
     eval_lr = downscale(eval_lr_hr, config.scale, config)
     nets, perceptual = _build(config, method, device, init_state)
+    if perceptual == NO_VGG19:
+        # no feature space (no VGG19, fallback "none"): the losses must not compute the term
+        off = config.losses.model_copy(update={"perceptual": 0.0})
+        config = config.model_copy(update={"losses": off})
     w = config.losses
 
     g_params = list(nets.g.parameters())
