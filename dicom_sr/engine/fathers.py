@@ -40,7 +40,7 @@ class Fathers:
     images: list[torch.Tensor]
     probs: torch.Tensor
     crop: int
-    #: per father, the flattened weights of every crop position (``"content"`` sampling)
+    #: per father, the weight of every crop position (``"content"`` sampling), (rows, cols)
     positions: list[torch.Tensor] | None = None
 
 
@@ -79,7 +79,7 @@ def build_fathers(
     logger.debug("%d fathers, crop %d px", len(images), crop)
     positions = None
     if config.crop_sampling == "content":
-        positions = [crop_weights(img[0, 0], crop).flatten().cpu() for img in images]
+        positions = [crop_weights(img[0, 0], crop).cpu() for img in images]
     return Fathers(images=images, probs=area / area.sum(), crop=crop, positions=positions)
 
 
@@ -123,9 +123,10 @@ def sample_batch(
     for i in picks.tolist():
         img = fathers.images[i]
         h, w = img.shape[-2:]
-        if fathers.positions is not None:
-            pos = int(torch.multinomial(fathers.positions[i], 1, generator=gen).item())
-            top, left = divmod(pos, w - c + 1)
+        if fathers.positions is not None:  # the row by its total weight, then the column
+            weights = fathers.positions[i]
+            top = int(torch.multinomial(weights.sum(1), 1, generator=gen).item())
+            left = int(torch.multinomial(weights[top], 1, generator=gen).item())
         else:
             top = int(torch.randint(h - c + 1, (1,), generator=gen).item())
             left = int(torch.randint(w - c + 1, (1,), generator=gen).item())
