@@ -109,7 +109,7 @@ class EngineConfig(_Frozen):
         description="without VGG19 weights: leave the perceptual term out, or use D_hr features",
     )
     # inference
-    ensemble: Literal[1, 2, 8] = Field(1, description="self-ensemble size: 1, 2 (mirror) or 8")
+    ensemble: Literal[1, 2, 8] = Field(8, description="self-ensemble size: 1, 2 (mirror) or 8")
     back_projection_iters: int = Field(10, ge=0, description="back-projection passes")
     tile: int = Field(256, ge=32, description="LR tile side for inference")
     tile_overlap: int = Field(16, ge=0, description="overlap of inference tiles, LR px")
