@@ -65,7 +65,8 @@ def test_learning_vs_ibp_full_budget(name, scale):
     hr = tissue_crop(name)
     config = EngineConfig(scale=scale, iterations=300, device="cpu")
     s = scores(hr, config, ["ibp", "zssr", "cyclegan"])
-    # measured (300 iterations): x2 +0.2 to +2.6 dB over ibp, x4 about +0.2 dB
-    margin = 0.1 if scale == 2 else -0.4
+    # measured (300 iterations, ensemble 8): x2 +0.22 to +2.54 dB over ibp, x4 -0.08 to +0.19;
+    # single runs differ by up to about 0.2 dB (thread count, random draws)
+    margin = 0.1 if scale == 2 else -0.25
     assert s["zssr"] > s["ibp"] + margin, s
     assert s["cyclegan"] > s["ibp"] + margin, s
