@@ -399,13 +399,13 @@ def main(argv: list[str] | None = None) -> int:
         args.cine_frames, args.cold_frames, args.precision_frames, args.repeat = 30, 30, 8, 3
         args.table_iv_ensembles = (1, 8)
         args.memory_method = args.method
-        note = "full: 30-frame cine, cold fits on all 30, pipeline iterations and ensemble"
+        note = "full: pipeline iterations and ensemble"
     if user_cine is not None:
         args.cine_frames = max(1, user_cine)
-        note += f"; cine of {args.cine_frames} frames"
     if user_cold is not None:
         args.cold_frames = min(max(1, user_cold), args.cine_frames)
-        note += f"; cold fits on {args.cold_frames} frames"
+    if not args.reduced or user_cine is not None or user_cold is not None:
+        note += f"; cine of {args.cine_frames} frames, cold fits on {args.cold_frames} of them"
     if args.iterations is None:
         args.iterations = load_pipeline(args.pipeline).engine.iterations
     device = select_device(args.device)
