@@ -179,7 +179,7 @@ class PipelineConfig(_Frozen):
     """A named, versioned processing configuration."""
 
     name: str = DEFAULT_PIPELINE
-    version: str = "1"
+    version: str = "2"
     description: str = ""
     engine: EngineConfig = EngineConfig()
     output: OutputConfig = OutputConfig()
