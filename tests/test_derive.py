@@ -101,16 +101,11 @@ def source(name: str) -> tuple:
 
 def _derive(name: str, compress: str, out_dir: Path) -> Path:
     header, pixels, layout = source(name)
-    encoder = FrameEncoder(pixels.shape[1], pixels.shape[2], layout, compress, OUTPUT.jpeg_quality)
-    for frame in pixels:
-        encoder.add(frame)
-    ds = derive_dataset(
+    ds = _derive_frames(
         header,
-        encoder.finish(),
-        scale=SCALE,
-        number_of_frames=len(pixels),
-        provenance=PROVENANCE,
-        output=OUTPUT,
+        pixels,
+        layout,
+        compress,
         series_uid=derived_uid(OUTPUT.uid_root, header.SeriesInstanceUID, PROVENANCE.config_hash),
         sop_uid=derived_uid(OUTPUT.uid_root, header.SOPInstanceUID, PROVENANCE.config_hash),
     )
@@ -119,9 +114,18 @@ def _derive(name: str, compress: str, out_dir: Path) -> Path:
     return path
 
 
-def _derive_frames(header, frames, layout, compress="rle", provenance=PROVENANCE):
-    """Encode ``frames`` and derive one instance with fixed test UIDs (not written)."""
-    encoder = FrameEncoder(frames[0].shape[0], frames[0].shape[1], layout, compress, 95)
+def _derive_frames(
+    header,
+    frames,
+    layout,
+    compress="rle",
+    provenance=PROVENANCE,
+    series_uid="1.2.3",
+    sop_uid="1.2.4",
+):
+    """Encode ``frames`` and derive one instance (fixed test UIDs unless given; not written)."""
+    h, w = frames[0].shape[:2]
+    encoder = FrameEncoder(h, w, layout, compress, OUTPUT.jpeg_quality)
     for frame in frames:
         encoder.add(frame)
     return derive_dataset(
@@ -131,8 +135,8 @@ def _derive_frames(header, frames, layout, compress="rle", provenance=PROVENANCE
         number_of_frames=len(frames),
         provenance=provenance,
         output=OUTPUT,
-        series_uid="1.2.3",
-        sop_uid="1.2.4",
+        series_uid=series_uid,
+        sop_uid=sop_uid,
     )
 
 
