@@ -393,5 +393,17 @@ def list_pipelines() -> None:
             click.echo(f"{name:32s} INVALID: {exc}")
 
 
+def _register_front_ends() -> None:
+    """The unattended front ends live in modules of their own; the group only lists them."""
+    from dicom_sr.cli.batch import batch
+    from dicom_sr.cli.jobs import jobs
+    from dicom_sr.cli.listen import listen
+
+    for command in (listen, batch, jobs):
+        main.add_command(command)
+
+
+_register_front_ends()
+
 if __name__ == "__main__":  # pragma: no cover
     main()

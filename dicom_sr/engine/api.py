@@ -9,6 +9,8 @@ tiled self-ensemble of :mod:`dicom_sr.engine.infer`.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import os
 import tempfile
@@ -75,6 +77,39 @@ def select_device(name: str) -> torch.device:
     if name != "cpu" and not name.startswith("cuda"):
         raise ValueError(f"unknown device {name!r} (expected 'auto', 'cpu' or 'cuda')")
     return torch.device(name)
+
+
+def pixel_identity(config: EngineConfig) -> dict[str, str]:
+    """What, besides the configuration, decides the output pixels of ``config.method``.
+
+    The perceptual loss source (a VGG19 file found in the hub cache changes the training) with
+    the file's digest, and the device kind (CPU and CUDA kernels differ in the last bits). The
+    pipeline hashes this with the configuration into the derived UIDs, so one UID is one set of
+    pixels. Seed and thread count are in the configuration hash or do not change the pixels.
+    """
+    method = get_method(config.method)
+    identity = {"device": select_device(config.device).type}
+    if method.learned and config.method == "cyclegan" and config.losses.perceptual > 0:
+        from dicom_sr.engine.nets import find_vgg19_weights
+
+        path = find_vgg19_weights(config.vgg19_weights)
+        if path is not None:
+            identity["perceptual"] = "vgg19:" + _file_digest(path)
+        else:
+            identity["perceptual"] = config.perceptual_fallback
+    else:
+        identity["perceptual"] = "off"
+    return identity
+
+
+@functools.lru_cache(maxsize=8)
+def _file_digest(path: Path) -> str:
+    """SHA-256 (16 hex digits) of a weights file; cached by path for the life of the process."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
 
 
 def _as_frame(frame: np.ndarray) -> torch.Tensor:

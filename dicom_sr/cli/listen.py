@@ -1,0 +1,12 @@
+"""``dicom-sr listen``: placeholder until the front end lands (replaced by its own module)."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("listen", context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def listen(args) -> None:
+    """Not built yet."""
+    raise click.UsageError("dicom-sr listen is not built yet")
