@@ -1,0 +1,1 @@
+"""Archive reprocessing (``dicom-sr batch``): streaming plan, plain tasks, local or Dask."""

@@ -1,0 +1,1 @@
+"""One SQLite job store (WAL) shared by listen and batch: placeholder, replaced by its module."""

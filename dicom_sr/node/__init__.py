@@ -1,0 +1,1 @@
+"""The DICOM node (``dicom-sr listen``): SCP handlers, spool, series assembly, forwarding."""
