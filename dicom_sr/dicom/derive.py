@@ -225,6 +225,7 @@ def _set_frames(ds: Dataset, source: Dataset, n: int) -> None:
 
 
 def _set_pixels(ds: Dataset, enc: EncodedPixels) -> None:
+    """Image Pixel module and Pixel Data; a file-object value stays buffered (never read here)."""
     ds.Rows = enc.rows
     ds.Columns = enc.columns
     ds.SamplesPerPixel = enc.samples_per_pixel

@@ -1,25 +1,32 @@
 """Encode output frames one at a time into DICOM Pixel Data.
 
-A cine of a few hundred super-resolved frames does not fit comfortably in memory as raw
-pixels, so :class:`FrameEncoder` compresses each frame as it arrives and keeps only the encoded
-bytes. The codecs are the libraries' own: highdicom's :func:`highdicom.frame.encode_frame`
-(which dispatches to pydicom's encoders: gdcm / pylibjpeg-rle, pyjpegls, pylibjpeg-openjpeg)
-for the lossless syntaxes, and Pillow's libjpeg for JPEG Baseline, called directly only so that
-the configured quality and true 4:2:2 chroma subsampling (what ``YBR_FULL_422`` says) are used.
-Frames are encapsulated with :func:`pydicom.encaps.encapsulate` (Basic Offset Table filled in).
+A cine of a few hundred super-resolved frames does not fit comfortably in memory, raw or
+encoded, so :class:`FrameEncoder` compresses each frame as it arrives and appends it to an
+anonymous spool file; memory then does not grow with the number of frames. The Pixel Data
+value it returns is a file object over that spool, which pydicom writes as a *buffered*
+element value (read in chunks at ``dcmwrite`` time).
+
+The codecs are the libraries' own: highdicom's :func:`highdicom.frame.encode_frame` (which
+dispatches to pydicom's encoders: gdcm / pylibjpeg-rle, pyjpegls, pylibjpeg-openjpeg) for the
+lossless syntaxes, and Pillow's libjpeg for JPEG Baseline, called directly only so that the
+configured quality and true 4:2:2 chroma subsampling (what ``YBR_FULL_422`` says) are used.
+Frames are encapsulated with :class:`pydicom.encaps.EncapsulatedBuffer` (Basic Offset Table
+filled in), byte for byte what :func:`pydicom.encaps.encapsulate` gives for the same frames.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import tempfile
 from dataclasses import dataclass
-from io import BytesIO
-from typing import TYPE_CHECKING
+from io import BufferedIOBase, BytesIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 from highdicom.frame import encode_frame
-from pydicom.encaps import encapsulate
+from pydicom.encaps import encapsulate_buffer
 from pydicom.uid import (
     JPEG2000,
     JPEG2000MC,
@@ -69,10 +76,12 @@ class EncodedPixels:
     """Encoded Pixel Data and the Image Pixel module values that describe it.
 
     ``pixel_data`` is the value of (7FE0,0010): native little-endian bytes (padded to even
-    length) for ``none``, an encapsulated item sequence otherwise.
+    length) for ``none``, an encapsulated item sequence otherwise; either ``bytes`` or a
+    readable, seekable binary file object (what :class:`FrameEncoder` gives), which pydicom
+    writes as a buffered value. A file object stays valid until its encoder is closed.
     """
 
-    pixel_data: bytes
+    pixel_data: bytes | BufferedIOBase
     transfer_syntax_uid: UID
     photometric: str
     lossy: bool
@@ -94,9 +103,72 @@ class EncodedPixels:
     def encapsulated(self) -> bool:
         return self.transfer_syntax_uid.is_encapsulated
 
+    def tobytes(self) -> bytes:
+        """The whole Pixel Data value in memory (for tests and small images only)."""
+        if isinstance(self.pixel_data, bytes | bytearray):
+            return bytes(self.pixel_data)
+        self.pixel_data.seek(0)
+        try:
+            return self.pixel_data.read(None)
+        finally:
+            self.pixel_data.seek(0)
+
+
+class _Span(BufferedIOBase):
+    """A read-only, seekable view of ``length`` bytes at ``start`` of a shared spool file.
+
+    One per frame, so :class:`pydicom.encaps.EncapsulatedBuffer` (one buffer per frame) can
+    read every frame from a single file and a single descriptor.
+    """
+
+    def __init__(self, spool: BinaryIO, start: int, length: int) -> None:
+        super().__init__()
+        self._spool = spool
+        self._start = start
+        self._length = length
+        self._pos = 0
+
+    @property
+    def closed(self) -> bool:
+        return self._spool.closed
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET, /) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._length}[whence]
+        if base + offset < 0:
+            raise ValueError(f"negative seek position {base + offset}")
+        self._pos = base + offset
+        return self._pos
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        left = max(0, self._length - self._pos)
+        n = left if size is None or size < 0 else min(size, left)
+        if n == 0:
+            return b""
+        self._spool.seek(self._start + self._pos)
+        data = self._spool.read(n)
+        self._pos += len(data)
+        return data
+
+    def read1(self, size: int = -1, /) -> bytes:
+        return self.read(size)
+
 
 class FrameEncoder:
-    """Encode frames of one output instance, one at a time.
+    """Encode frames of one output instance, one at a time, spooled to a temporary file.
+
+    Use it as a context manager (or call :meth:`close`): the spool, and with it the Pixel Data
+    returned by :meth:`finish`, lives until then, so write the dataset inside the ``with``.
+    The spool is an anonymous temporary file (unlinked at once), so nothing is left behind
+    even if the process is killed.
 
     Parameters
     ----------
@@ -111,10 +183,20 @@ class FrameEncoder:
         (JPEG 2000 Lossless, colour stored as YBR_RCT).
     quality : int
         JPEG quality (1..100); ignored by the lossless syntaxes.
+    spool_dir : path-like, optional
+        Folder of the spool file (default: the system's temporary folder). Pass a folder on
+        the output's disk when the temporary folder is small or held in memory (tmpfs).
     """
 
     def __init__(
-        self, rows: int, columns: int, layout: PixelLayout, compress: str, quality: int = 95
+        self,
+        rows: int,
+        columns: int,
+        layout: PixelLayout,
+        compress: str,
+        quality: int = 95,
+        *,
+        spool_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         if compress not in COMPRESS_SYNTAX:
             raise ValueError(
@@ -146,7 +228,21 @@ class FrameEncoder:
             )
         if compress == "j2k" and min(self.rows, self.columns) < 32:
             raise ValueError(f"JPEG 2000 needs frames of at least 32x32, got {rows}x{columns}")
-        self._frames: list[bytes] = []
+        self._spool_dir = spool_dir
+        self._spool: BinaryIO | None = None
+        self._lengths: list[int] = []  # encoded length of each frame, in spool order
+        self._finished = False
+
+    def __enter__(self) -> FrameEncoder:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Delete the spool file; Pixel Data from :meth:`finish` is unreadable afterwards."""
+        if self._spool is not None:
+            self._spool.close()
 
     def _photometric(self) -> str:
         if not self.colour:
@@ -155,23 +251,25 @@ class FrameEncoder:
 
     @property
     def number_of_frames(self) -> int:
-        return len(self._frames)
+        return len(self._lengths)
 
     def add(self, pixels: np.ndarray) -> None:
         """Encode one frame: (rows, columns, 3) uint8 RGB or (rows, columns) unsigned grey."""
+        if self._finished:
+            raise ValueError("frames cannot be added after finish()")
         shape = (self.rows, self.columns, 3) if self.colour else (self.rows, self.columns)
         arr = np.asarray(pixels)
         if arr.shape != shape:
             raise ValueError(
-                f"frame {len(self._frames) + 1}: expected shape {shape}, got {arr.shape}"
+                f"frame {len(self._lengths) + 1}: expected shape {shape}, got {arr.shape}"
             )
         if arr.dtype.kind not in "ub":
             raise ValueError(
-                f"frame {len(self._frames) + 1}: expected unsigned integer pixels, got {arr.dtype}"
+                f"frame {len(self._lengths) + 1}: expected unsigned integer pixels, got {arr.dtype}"
             )
         if arr.size and int(arr.max()) >= 1 << self.bits_stored:
             raise ValueError(
-                f"frame {len(self._frames) + 1}: value {int(arr.max())} does not fit "
+                f"frame {len(self._lengths) + 1}: value {int(arr.max())} does not fit "
                 f"BitsStored {self.bits_stored}"
             )
         arr = np.ascontiguousarray(arr, dtype=self.dtype)
@@ -187,7 +285,11 @@ class FrameEncoder:
                 pixel_representation=0,
                 planar_configuration=self.planar_configuration,
             )
-        self._frames.append(bytes(data))
+        if self._spool is None:
+            self._spool = tempfile.TemporaryFile(dir=self._spool_dir, prefix=".dicom-sr-spool-")
+        self._spool.seek(0, os.SEEK_END)
+        self._spool.write(data)
+        self._lengths.append(len(data))
 
     def _jpeg(self, arr: np.ndarray) -> bytes:
         # Pillow converts RGB to YCbCr (JFIF, i.e. YBR_FULL) and subsamples 4:2:2 when
@@ -202,35 +304,47 @@ class FrameEncoder:
             return buf.getvalue()
 
     def finish(self) -> EncodedPixels:
-        """Assemble the Pixel Data value of all frames added so far."""
-        if not self._frames:
+        """The Pixel Data value of all frames added, as a file object over the spool."""
+        if not self._lengths or self._spool is None:
             raise ValueError("no frames were added to the encoder")
-        n = len(self._frames)
+        self._finished = True
+        n = len(self._lengths)
+        total = sum(self._lengths)
+        pixel_data: BufferedIOBase
+        self._spool.flush()
         if self.transfer_syntax_uid.is_encapsulated:
+            starts = [0]
+            for length in self._lengths[:-1]:
+                starts.append(starts[-1] + length)
+            spans = [_Span(self._spool, a, b) for a, b in zip(starts, self._lengths, strict=True)]
             # The Basic Offset Table holds 32-bit offsets; past 4 GiB leave it empty (allowed).
-            offsets_fit = sum(len(f) + 8 for f in self._frames[:-1]) <= 2**32 - 1
+            last_offset = sum(8 + b + b % 2 for b in self._lengths[:-1])
+            offsets_fit = last_offset <= 2**32 - 1
             if not offsets_fit:
                 logger.info("pixel data over 4 GiB: writing an empty Basic Offset Table")
-            pixel_data = encapsulate(self._frames, has_bot=offsets_fit)
+            pixel_data = encapsulate_buffer(spans, has_bot=offsets_fit)
+            size = pixel_data.encapsulated_length
         else:
-            pixel_data = b"".join(self._frames)
-            if len(pixel_data) % 2:
-                pixel_data += b"\x00"
+            if total % 2:
+                self._spool.seek(0, os.SEEK_END)
+                self._spool.write(b"\x00")
+                self._spool.flush()
+            size = total + total % 2
+            pixel_data = _Span(self._spool, 0, size)
         lossy = self.transfer_syntax_uid in LOSSY_METHODS
         ratio = None
         if lossy:
             raw = n * self.rows * self.columns * self.samples_per_pixel * self.bits_allocated // 8
-            ratio = raw / max(1, sum(len(f) for f in self._frames))
+            ratio = raw / max(1, total)
             if not math.isfinite(ratio):  # pragma: no cover - defensive
                 ratio = None
-        self._frames = []
         logger.debug(
             "encoded %d frame(s) %dx%d as %s: %d bytes",
             n,
             self.rows,
             self.columns,
             self.transfer_syntax_uid.name,
-            len(pixel_data),
+            size,
         )
         return EncodedPixels(
             pixel_data=pixel_data,
