@@ -20,23 +20,74 @@ integer, so ``X0' = s*X0 + (s-1)//2`` and ``V' = V + r * dX'`` with the residual
 ``r = (s-1)//2 - (s-1)/2``: 0 for odd ``s``, -1/2 for even ``s``. This is exact: every
 physical coordinate, hence every distance, is unchanged. The same holds for y.
 An absent Reference Pixel Physical Value is taken as 0 (and written when ``r`` != 0).
+
+What is refused, and why: the regions carry the calibration a user measures with, so a
+region that cannot be read exactly is an :class:`~dicom_sr.errors.InputError` (the instance
+is skipped with the tag named) rather than guessed at: a sequence without items, an item
+without one of its four bounds, a bound or reference pixel that is not an integer, a minimum
+above its maximum, and values that would overflow their VR (UL bounds, SL reference pixel)
+once scaled by up to :data:`MAX_SCALE`. Bounds past the frame edge are accepted: real
+scanners write them (a SonoSite cine's region is larger than its 320x240 frame); tissue
+regions are clipped to the frame and the derived copy keeps them scaled, as the source had.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.valuerep import DSfloat
 
+from dicom_sr.errors import InputError
+
 LOGGER = logging.getLogger(__name__)
 
-__all__ = ["Region", "read_regions", "tissue_regions", "scale_regions", "TISSUE", "SPATIAL_2D"]
+__all__ = [
+    "Region",
+    "read_regions",
+    "tissue_regions",
+    "scale_regions",
+    "check_scalable",
+    "TISSUE",
+    "SPATIAL_2D",
+    "MAX_SCALE",
+]
 
 #: RegionDataType 1: tissue; RegionSpatialFormat 1: 2D.
 TISSUE = 1
 SPATIAL_2D = 1
+#: The largest upscaling factor a pipeline allows (config: 2, 3 or 4): inspection checks that
+#: region values survive it, so an instance never fails this late at any configured scale.
+MAX_SCALE = 4
+
+_SEQUENCE = "SequenceOfUltrasoundRegions"
+_BOUNDS = (
+    "RegionLocationMinX0",
+    "RegionLocationMinY0",
+    "RegionLocationMaxX1",
+    "RegionLocationMaxY1",
+)
+_UL_MAX = 2**32 - 1
+_SL_MIN, _SL_MAX = -(2**31), 2**31 - 1
+
+
+def _tag(keyword: str) -> str:
+    """``Keyword (gggg,eeee)`` for error messages."""
+    tag = tag_for_keyword(keyword) or 0
+    return f"{keyword} ({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+def _where(ds: Dataset, path: str | os.PathLike[str] | None) -> str:
+    """The file a dataset came from (pydicom records it), else its SOP Instance UID."""
+    if path is not None:
+        return str(path)
+    name = getattr(ds, "filename", None)
+    if isinstance(name, str | os.PathLike) and str(name):
+        return str(name)
+    return f"SOP Instance {ds.get('SOPInstanceUID', '?')}"
 
 
 @dataclass(frozen=True)
@@ -82,47 +133,138 @@ class Region:
         return px, py
 
 
-def _opt(item: Dataset, keyword: str, kind: type):
-    value = item.get(keyword)
-    return None if value in (None, "") else kind(value)
+def _value(item: Dataset, keyword: str, kind: type, where: str, k: int, *, required: bool):
+    """One value of region item `k`, as `kind`; an InputError naming the tag if unusable."""
+    try:
+        value = item.get(keyword)
+    except Exception as exc:  # noqa: BLE001 - pydicom fails lazily on a malformed value
+        raise InputError(
+            where, f"{_tag(keyword)} in region {k} cannot be read: {exc}", tag=_tag(keyword)
+        ) from None
+    if value is None or value == "":
+        if required:
+            raise InputError(
+                where,
+                f"{_SEQUENCE} item {k} has no {_tag(keyword)}: every region needs its four bounds",
+                tag=_tag(keyword),
+            )
+        return None
+    try:
+        number = kind(value)
+        if kind is int and number != float(value):
+            raise ValueError("not an integer")
+    except (TypeError, ValueError, OverflowError):
+        raise InputError(
+            where,
+            f"{_tag(keyword)} in region {k} is {value!r}, expected one {kind.__name__}",
+            tag=_tag(keyword),
+        ) from None
+    return number
 
 
-def read_regions(ds: Dataset) -> list[Region]:
-    """The regions of `ds` in sequence order (empty if it has none)."""
+def read_regions(ds: Dataset, *, path: str | os.PathLike[str] | None = None) -> list[Region]:
+    """The regions of `ds` in sequence order (empty if it has none).
+
+    Raises :class:`~dicom_sr.errors.InputError` (naming `path`, else the dataset's file, and
+    the tag) for a sequence without items, an item without its bounds, values that are not
+    integers where integers are due, and a minimum above its maximum.
+    """
+    where = _where(ds, path)
+    if _SEQUENCE not in ds:
+        return []
+    try:
+        items = list(ds[_SEQUENCE].value or [])
+    except Exception as exc:  # noqa: BLE001 - a sequence that does not parse
+        raise InputError(
+            where, f"{_tag(_SEQUENCE)} cannot be read: {exc}", tag=_tag(_SEQUENCE)
+        ) from None
+    if not items:
+        raise InputError(
+            where, f"{_tag(_SEQUENCE)} is present but has no items", tag=_tag(_SEQUENCE)
+        )
     regions = []
-    for item in ds.get("SequenceOfUltrasoundRegions") or []:
-        data_type = int(item.get("RegionDataType", 0))
-        spatial = int(item.get("RegionSpatialFormat", 0))
+    for k, item in enumerate(items):
+        if not isinstance(item, Dataset):
+            raise InputError(where, f"{_tag(_SEQUENCE)} item {k} is not a dataset")
+        x0, y0, x1, y1 = (_value(item, kw, int, where, k, required=True) for kw in _BOUNDS)
+        for lo, hi, kw in ((x0, x1, _BOUNDS[2]), (y0, y1, _BOUNDS[3])):
+            if lo < 0 or hi < lo:
+                raise InputError(
+                    where,
+                    f"region {k} spans {lo}..{hi} ({_tag(kw)}): expected 0 <= min <= max",
+                    tag=_tag(kw),
+                )
+
+        def opt(keyword: str, kind: type, item=item, k=k):
+            return _value(item, keyword, kind, where, k, required=False)
+
+        data_type = opt("RegionDataType", int) or 0
+        spatial = opt("RegionSpatialFormat", int) or 0
         regions.append(
             Region(
-                x0=int(item.RegionLocationMinX0),
-                y0=int(item.RegionLocationMinY0),
-                x1=int(item.RegionLocationMaxX1),
-                y1=int(item.RegionLocationMaxY1),
+                x0=x0,
+                y0=y0,
+                x1=x1,
+                y1=y1,
                 data_type=data_type,
                 spatial_format=spatial,
-                physical_delta_x=_opt(item, "PhysicalDeltaX", float),
-                physical_delta_y=_opt(item, "PhysicalDeltaY", float),
+                physical_delta_x=opt("PhysicalDeltaX", float),
+                physical_delta_y=opt("PhysicalDeltaY", float),
                 is_tissue=data_type == TISSUE and spatial == SPATIAL_2D,
-                units_x=_opt(item, "PhysicalUnitsXDirection", int),
-                units_y=_opt(item, "PhysicalUnitsYDirection", int),
-                reference_x0=_opt(item, "ReferencePixelX0", int),
-                reference_y0=_opt(item, "ReferencePixelY0", int),
-                reference_value_x=_opt(item, "ReferencePixelPhysicalValueX", float),
-                reference_value_y=_opt(item, "ReferencePixelPhysicalValueY", float),
+                units_x=opt("PhysicalUnitsXDirection", int),
+                units_y=opt("PhysicalUnitsYDirection", int),
+                reference_x0=opt("ReferencePixelX0", int),
+                reference_y0=opt("ReferencePixelY0", int),
+                reference_value_x=opt("ReferencePixelPhysicalValueX", float),
+                reference_value_y=opt("ReferencePixelPhysicalValueY", float),
             )
         )
     return regions
 
 
-def tissue_regions(ds: Dataset, rows: int, cols: int) -> list[Region]:
+def check_scalable(
+    ds: Dataset, scale: int = MAX_SCALE, *, path: str | os.PathLike[str] | None = None
+) -> list[Region]:
+    """Read the regions and check that an upscale by `scale` keeps every value in its VR.
+
+    Bounds are UL (at most 2**32 - 1 after ``s*x + s - 1``), reference pixels SL. Returns the
+    regions; raises :class:`~dicom_sr.errors.InputError` naming the tag otherwise.
+    """
+    where = _where(ds, path)
+    regions = read_regions(ds, path=where)
+    for k, r in enumerate(regions):
+        for keyword, value in zip(_BOUNDS, (r.x0, r.y0, r.x1, r.y1), strict=True):
+            if scale * value + scale - 1 > _UL_MAX:
+                raise InputError(
+                    where,
+                    f"{_tag(keyword)} {value} in region {k} overflows UL when scaled x{scale}",
+                    tag=_tag(keyword),
+                )
+        for keyword, value in (
+            ("ReferencePixelX0", r.reference_x0),
+            ("ReferencePixelY0", r.reference_y0),
+        ):
+            if value is not None and not _SL_MIN <= scale * value + (scale - 1) // 2 <= _SL_MAX:
+                raise InputError(
+                    where,
+                    f"{_tag(keyword)} {value} in region {k} overflows SL when scaled x{scale}",
+                    tag=_tag(keyword),
+                )
+    return regions
+
+
+def tissue_regions(
+    ds: Dataset, rows: int, cols: int, *, path: str | os.PathLike[str] | None = None
+) -> list[Region]:
     """2-D tissue regions clipped to the frame.
 
     Without a Sequence of Ultrasound Regions the whole frame is one tissue region. When
     regions exist but none is 2-D tissue (a Doppler spectrum alone, say), the result is
-    empty: nothing on the frame is a B-mode image.
+    empty: nothing on the frame is a B-mode image. A tissue region wholly outside the frame
+    is left out with a warning (it is pixel-replicated there, like any non-tissue area).
+    Unreadable regions raise :class:`~dicom_sr.errors.InputError` (see :func:`read_regions`).
     """
-    regions = read_regions(ds)
+    regions = read_regions(ds, path=path)
     if not regions:
         return [Region(0, 0, cols - 1, rows - 1, TISSUE, SPATIAL_2D, None, None, True)]
     out = []
@@ -139,45 +281,44 @@ def tissue_regions(ds: Dataset, rows: int, cols: int) -> list[Region]:
 
 
 def _scale_axis(item: Dataset, axis: str, scale: int) -> None:
-    lo, hi = (
-        ("RegionLocationMinX0", "RegionLocationMaxX1")
-        if axis == "X"
-        else (
-            "RegionLocationMinY0",
-            "RegionLocationMaxY1",
-        )
-    )
-    if lo in item:
-        item[lo].value = scale * int(item[lo].value)
-    if hi in item:
-        item[hi].value = scale * int(item[hi].value) + scale - 1
+    lo, hi = (_BOUNDS[0], _BOUNDS[2]) if axis == "X" else (_BOUNDS[1], _BOUNDS[3])
+    item[lo].value = scale * int(item[lo].value)
+    item[hi].value = scale * int(item[hi].value) + scale - 1
     delta_kw = f"PhysicalDelta{axis}"
-    delta = float(item[delta_kw].value) if delta_kw in item else None
+    delta = float(item[delta_kw].value) if item.get(delta_kw) not in (None, "") else None
     if delta is not None:
         item[delta_kw].value = delta / scale  # FD: stored exactly as a double
     ref_kw = f"ReferencePixel{axis}0"
-    if ref_kw in item and item[ref_kw].value is not None:
+    if item.get(ref_kw) not in (None, ""):
         item[ref_kw].value = scale * int(item[ref_kw].value) + (scale - 1) // 2
         residual = (scale - 1) // 2 - (scale - 1) / 2
         value_kw = f"ReferencePixelPhysicalValue{axis}"
-        if delta is not None and (residual or value_kw in item):
-            old = float(item[value_kw].value) if value_kw in item else 0.0
-            new = old + residual * delta / scale
-            if value_kw in item:
-                item[value_kw].value = new
-            else:
-                setattr(item, value_kw, new)
+        has_value = item.get(value_kw) not in (None, "")
+        if delta is not None and (residual or has_value):
+            old = float(item[value_kw].value) if has_value else 0.0
+            setattr(item, value_kw, old + residual * delta / scale)
 
 
-def scale_regions(ds: Dataset, scale: int) -> None:
+def scale_regions(ds: Dataset, scale: int, *, path: str | os.PathLike[str] | None = None) -> None:
     """Rewrite the regions (and PixelSpacing) of a derived copy for an upscale by `scale`.
 
     See the module docstring for the derivation; every physical coordinate is preserved.
+    Every item is checked (:func:`check_scalable`) before any is changed, so an
+    :class:`~dicom_sr.errors.InputError` leaves `ds` as it was.
     """
     if int(scale) != scale or scale < 1:
         raise ValueError(f"scale must be a positive integer, got {scale!r}")
-    for item in ds.get("SequenceOfUltrasoundRegions") or []:
+    where = _where(ds, path)
+    check_scalable(ds, scale, path=where)
+    for item in ds.get(_SEQUENCE) or []:
         _scale_axis(item, "X", scale)
         _scale_axis(item, "Y", scale)
-    if "PixelSpacing" in ds and ds.PixelSpacing:
-        ds.PixelSpacing = [DSfloat(float(v) / scale, auto_format=True) for v in ds.PixelSpacing]
+    spacing = ds.get("PixelSpacing")
+    if spacing:
+        try:
+            values = [float(v) / scale for v in spacing]
+        except (TypeError, ValueError):
+            raise InputError(
+                where, f"{_tag('PixelSpacing')} is {spacing!r}, expected two numbers"
+            ) from None
+        ds.PixelSpacing = [DSfloat(v, auto_format=True) for v in values]
