@@ -1,1 +1,459 @@
-"""One SQLite job store (WAL) shared by listen and batch: placeholder, replaced by its module."""
+"""One SQLite job store (``OUT/jobs.sqlite3``) shared by ``listen`` and ``batch``.
+
+A job is one source series processed with one pipeline: its key is the derived series UID
+(computed by the caller with :func:`dicom_sr.pipeline.derived_series_uid_for`). States::
+
+    received -> queued -> processing -> done | failed ;  done -> forwarded   (node only)
+
+``batch`` calls ``queued`` "planned" and ``processing`` "running" (:data:`BATCH_LABELS`).
+
+Why SQLite: WAL journaling with ``synchronous=FULL`` makes every committed state change survive
+a SIGKILL or a power cut, readers never block the writer, and ``BEGIN IMMEDIATE`` makes a claim
+atomic across threads and processes. Each thread (and each process, after a fork) gets its own
+connection; every state change is one short transaction.
+
+A worker *claims* a job with a lease (``lease_owner``, ``lease_expires``) and renews it while it
+runs. A job whose lease expired, or whose owner is a dead process on this host, can be claimed
+again by anyone: a worker that died releases its series. Each claim counts an attempt.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = [
+    "STATES",
+    "BATCH_LABELS",
+    "STORE_NAME",
+    "Job",
+    "JobStore",
+    "make_owner",
+    "owner_is_dead",
+]
+
+logger = logging.getLogger(__name__)
+
+STORE_NAME = "jobs.sqlite3"
+
+State = Literal["received", "queued", "processing", "done", "failed", "forwarded"]
+Kind = Literal["listen", "batch"]
+
+STATES: tuple[str, ...] = ("received", "queued", "processing", "done", "failed", "forwarded")
+
+#: What ``batch`` calls the states it uses.
+BATCH_LABELS = {"queued": "planned", "processing": "running"}
+
+#: Allowed transitions (same-state updates are always allowed: e.g. a new error message).
+_NEXT: dict[str, frozenset[str]] = {
+    "received": frozenset({"queued", "failed"}),
+    "queued": frozenset({"processing", "done", "failed"}),
+    "processing": frozenset({"queued", "done", "failed"}),
+    "done": frozenset({"forwarded", "queued"}),
+    "failed": frozenset({"queued"}),
+    "forwarded": frozenset(),
+}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    key TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    study_uid TEXT NOT NULL DEFAULT '',
+    source_series_uid TEXT NOT NULL DEFAULT '',
+    config_hash TEXT NOT NULL DEFAULT '',
+    revision INTEGER NOT NULL DEFAULT 0,
+    paths TEXT NOT NULL DEFAULT '[]',
+    frames INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT NOT NULL DEFAULT '',
+    lease_owner TEXT,
+    lease_expires REAL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    result TEXT,
+    forward_attempts INTEGER NOT NULL DEFAULT 0,
+    forward_error TEXT NOT NULL DEFAULT '',
+    next_forward_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, kind);
+"""
+
+_COLUMNS = (
+    "key, kind, state, study_uid, source_series_uid, config_hash, revision, paths, frames, "
+    "attempts, error, lease_owner, lease_expires, created, updated, result, forward_attempts, "
+    "forward_error, next_forward_at"
+)
+
+
+@dataclass
+class Job:
+    """One row of the store: one source series with one pipeline (key: derived series UID)."""
+
+    key: str
+    kind: str
+    state: str
+    study_uid: str = ""
+    source_series_uid: str = ""
+    config_hash: str = ""
+    revision: int = 0
+    paths: list[str] = field(default_factory=list)
+    frames: int = 0
+    attempts: int = 0
+    error: str = ""
+    lease_owner: str | None = None
+    lease_expires: float | None = None
+    created: float = 0.0
+    updated: float = 0.0
+    result: dict[str, Any] | None = None
+    forward_attempts: int = 0
+    forward_error: str = ""
+    next_forward_at: float | None = None
+
+    @classmethod
+    def _from_row(cls, row: Sequence[Any]) -> Job:
+        d = dict(zip(_COLUMNS.split(", "), row, strict=True))
+        d["paths"] = json.loads(d["paths"] or "[]")
+        d["result"] = json.loads(d["result"]) if d["result"] else None
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict of every column."""
+        return {k: getattr(self, k) for k in _COLUMNS.split(", ")}
+
+
+def make_owner() -> str:
+    """A lease owner name for this process: ``host:pid:token`` (the pid lets others see it died)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def owner_is_dead(owner: str | None) -> bool:
+    """True when ``owner`` names a process on this host that no longer runs."""
+    if not owner:
+        return True
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class JobStore:
+    """The job store of one output folder: ``JobStore(out_dir)`` opens or creates it.
+
+    Safe to share between threads (one connection per thread) and to open from several
+    processes at once. Every method is one short transaction.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike[str], *, timeout: float = 60.0) -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.out_dir / STORE_NAME
+        self.timeout = timeout
+        self._local = threading.local()
+        self.connect().executescript(_SCHEMA)  # idempotent; its own transaction
+
+    # -- connections -------------------------------------------------------------------------
+
+    def connect(self) -> sqlite3.Connection:
+        """This thread's connection (a new one after a fork): autocommit, WAL, busy timeout."""
+        db = getattr(self._local, "db", None)
+        if db is not None and self._local.pid == os.getpid():
+            return db
+        db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+        db.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = FULL")
+        self._local.db, self._local.pid = db, os.getpid()
+        return db
+
+    def close(self) -> None:
+        """Close this thread's connection (others close when their thread ends)."""
+        db = getattr(self._local, "db", None)
+        if db is not None and self._local.pid == os.getpid():
+            db.close()
+        self._local.db = None
+
+    def transaction(self) -> _Transaction:
+        """``with store.transaction() as db:`` one ``BEGIN IMMEDIATE`` ... ``COMMIT``."""
+        return _Transaction(self.connect())
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def get(self, key: str) -> Job | None:
+        """The job with this key, or None."""
+        row = (
+            self.connect().execute(f"SELECT {_COLUMNS} FROM jobs WHERE key = ?", (key,)).fetchone()
+        )
+        return None if row is None else Job._from_row(row)
+
+    @staticmethod
+    def _get(db: sqlite3.Connection, key: str) -> Job:
+        return Job._from_row(
+            db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE key = ?", (key,)).fetchone()
+        )
+
+    def jobs(self, state: str | None = None, kind: str | None = None) -> list[Job]:
+        """Jobs, oldest first, optionally of one state and kind."""
+        sql, args = f"SELECT {_COLUMNS} FROM jobs WHERE 1", []
+        if state is not None:
+            sql, args = sql + " AND state = ?", [*args, state]
+        if kind is not None:
+            sql, args = sql + " AND kind = ?", [*args, kind]
+        rows = self.connect().execute(sql + " ORDER BY created, key", args).fetchall()
+        return [Job._from_row(r) for r in rows]
+
+    def counts(self, kind: str | None = None) -> dict[str, int]:
+        """Number of jobs per state (every state present, zeros included)."""
+        sql = "SELECT state, COUNT(*) FROM jobs" + (" WHERE kind = ?" if kind else "")
+        rows = self.connect().execute(sql + " GROUP BY state", (kind,) if kind else ()).fetchall()
+        out = dict.fromkeys(STATES, 0)
+        out.update(dict(rows))
+        return out
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def add(
+        self,
+        key: str,
+        *,
+        kind: Kind,
+        study_uid: str,
+        source_series_uid: str,
+        config_hash: str,
+        paths: Iterable[str | os.PathLike[str]] = (),
+        revision: int = 0,
+        state: State = "queued",
+        frames: int = 0,
+    ) -> Job:
+        """Add a job, or merge ``paths`` into an existing one (its state kept: done stays done)."""
+        _check_state(state)
+        paths = [str(p) for p in paths]
+        now = time.time()
+        with self.transaction() as db:
+            row = db.execute("SELECT paths FROM jobs WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                db.execute(
+                    "INSERT INTO jobs (key, kind, state, study_uid, source_series_uid, config_hash,"
+                    " revision, paths, frames, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (key, kind, state, study_uid, source_series_uid, config_hash, revision,
+                     json.dumps(sorted(set(paths))), frames, now, now),
+                )  # fmt: skip
+            elif paths:
+                merged = sorted(set(json.loads(row[0])) | set(paths))
+                db.execute(
+                    "UPDATE jobs SET paths = ?, frames = MAX(frames, ?), updated = ? WHERE key = ?",
+                    (json.dumps(merged), frames, now, key),
+                )
+        return self.get(key)  # type: ignore[return-value]
+
+    def add_paths(self, key: str, paths: Iterable[str | os.PathLike[str]]) -> None:
+        """Add source files to a job (a node receiving more instances of a series)."""
+        with self.transaction() as db:
+            row = db.execute("SELECT paths FROM jobs WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                raise KeyError(f"{self.path}: no job {key}")
+            merged = sorted(set(json.loads(row[0])) | {str(p) for p in paths})
+            db.execute(
+                "UPDATE jobs SET paths = ?, updated = ? WHERE key = ?",
+                (json.dumps(merged), time.time(), key),
+            )
+
+    def set_state(
+        self,
+        key: str,
+        state: State,
+        *,
+        error: str | None = None,
+        result: dict[str, Any] | None = None,
+        frames: int | None = None,
+    ) -> Job:
+        """Move a job to ``state`` (checked against the allowed transitions); done, failed and
+        queued clear the lease. Raises KeyError for an unknown key, ValueError for a bad move."""
+        _check_state(state)
+        with self.transaction() as db:
+            row = db.execute("SELECT state FROM jobs WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                raise KeyError(f"{self.path}: no job {key}")
+            if state != row[0] and state not in _NEXT[row[0]]:
+                raise ValueError(f"{self.path}: job {key} cannot go from {row[0]} to {state}")
+            sets, args = ["state = ?", "updated = ?"], [state, time.time()]
+            if error is not None:
+                sets, args = [*sets, "error = ?"], [*args, error]
+            if result is not None:
+                sets, args = [*sets, "result = ?"], [*args, json.dumps(result, default=str)]
+            if frames is not None:
+                sets, args = [*sets, "frames = ?"], [*args, frames]
+            if state in ("queued", "done", "failed"):
+                sets.append("lease_owner = NULL, lease_expires = NULL")
+            if state == "done":
+                sets.append("next_forward_at = NULL")
+            db.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE key = ?", (*args, key))
+        return self.get(key)  # type: ignore[return-value]
+
+    def claim(
+        self,
+        owner: str,
+        *,
+        lease_seconds: float,
+        kinds: Iterable[str] | None = None,
+        key: str | None = None,
+        max_attempts: int | None = None,
+    ) -> Job | None:
+        """Atomically take one queued job, or one processing job whose lease expired or whose
+        owner died, oldest first (only ``key`` if given); count an attempt; None if none.
+
+        With ``max_attempts``, a job that already had that many attempts is marked failed
+        (its last error kept) instead of being claimed again.
+        """
+        now = time.time()
+        sql = f"SELECT {_COLUMNS} FROM jobs WHERE state IN ('queued', 'processing')"
+        args: list[Any] = []
+        if key is not None:
+            sql, args = sql + " AND key = ?", [key]
+        if kinds is not None:
+            kinds = list(kinds)
+            sql += f" AND kind IN ({', '.join('?' * len(kinds))})"
+            args += kinds
+        with self.transaction() as db:
+            for row in db.execute(sql + " ORDER BY created, key", args).fetchall():
+                job = Job._from_row(row)
+                if job.state == "processing" and not _lease_gone(job, now):
+                    continue
+                if job.state == "processing":
+                    why = f"worker {job.lease_owner} died or stalled (attempt {job.attempts})"
+                    job.error = job.error or why
+                    logger.info("job %s: %s; taking it over", job.key, why)
+                if max_attempts is not None and job.attempts >= max_attempts:
+                    error = f"gave up after {job.attempts} attempts: {job.error or 'no reason'}"
+                    db.execute(
+                        "UPDATE jobs SET state = 'failed', error = ?, lease_owner = NULL,"
+                        " lease_expires = NULL, updated = ? WHERE key = ?",
+                        (error, now, job.key),
+                    )
+                    continue
+                db.execute(
+                    "UPDATE jobs SET state = 'processing', lease_owner = ?, lease_expires = ?,"
+                    " attempts = attempts + 1, error = ?, updated = ? WHERE key = ?",
+                    (owner, now + lease_seconds, job.error, now, job.key),
+                )
+                job.state, job.lease_owner, job.lease_expires = (
+                    "processing",
+                    owner,
+                    now + lease_seconds,
+                )
+                job.attempts += 1
+                return job
+        return None
+
+    def renew(self, key: str, owner: str, lease_seconds: float) -> bool:
+        """Extend ``owner``'s lease on a processing job; False when the lease was lost."""
+        now = time.time()
+        with self.transaction() as db:
+            cur = db.execute(
+                "UPDATE jobs SET lease_expires = ?, updated = ? WHERE key = ? AND lease_owner = ?"
+                " AND state = 'processing'",
+                (now + lease_seconds, now, key, owner),
+            )
+            return cur.rowcount == 1
+
+    def release(self, key: str, owner: str, *, error: str | None = None) -> bool:
+        """Give a processing job back to the queue without finishing it (e.g. cancelled)."""
+        with self.transaction() as db:
+            cur = db.execute(
+                "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires = NULL,"
+                " error = COALESCE(?, error), updated = ? WHERE key = ? AND lease_owner = ?"
+                " AND state = 'processing'",
+                (error, time.time(), key, owner),
+            )
+            return cur.rowcount == 1
+
+    def requeue_unfinished(self, kind: str, *, failed: bool = False, force: bool = False) -> int:
+        """On start: processing jobs of ``kind`` whose lease expired or whose owner died go back
+        to queued (``force``: all of them); ``failed``: failed ones too, attempts reset."""
+        now = time.time()
+        n = 0
+        with self.transaction() as db:
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE kind = ? AND state = 'processing'", (kind,)
+            ).fetchall()
+            for job in map(Job._from_row, rows):
+                if force or _lease_gone(job, now):
+                    db.execute(
+                        "UPDATE jobs SET state = 'queued', lease_owner = NULL,"
+                        " lease_expires = NULL, updated = ? WHERE key = ?",
+                        (now, job.key),
+                    )
+                    n += 1
+            if failed:
+                cur = db.execute(
+                    "UPDATE jobs SET state = 'queued', attempts = 0, updated = ?"
+                    " WHERE kind = ? AND state = 'failed'",
+                    (now, kind),
+                )
+                n += cur.rowcount
+        return n
+
+    # -- forwarding (node) -------------------------------------------------------------------
+
+    def due_forwards(self, now: float | None = None) -> list[Job]:
+        """Done listen jobs whose next forward attempt is due."""
+        now = time.time() if now is None else now
+        rows = (
+            self.connect()
+            .execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE state = 'done' AND kind = 'listen'"
+                " AND (next_forward_at IS NULL OR next_forward_at <= ?) ORDER BY updated",
+                (now,),
+            )
+            .fetchall()
+        )
+        return [Job._from_row(r) for r in rows]
+
+    def forward_failed(self, key: str, error: str, retry_at: float) -> None:
+        """Record a failed forward and when to try again."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE jobs SET forward_attempts = forward_attempts + 1, forward_error = ?,"
+                " next_forward_at = ?, updated = ? WHERE key = ?",
+                (error, retry_at, time.time(), key),
+            )
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` on enter, ``COMMIT`` (or ``ROLLBACK`` on an exception) on exit."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _lease_gone(job: Job, now: float) -> bool:
+    return job.lease_expires is None or job.lease_expires < now or owner_is_dead(job.lease_owner)
+
+
+def _check_state(state: str) -> None:
+    if state not in STATES:
+        raise ValueError(f"unknown job state {state!r} (one of {', '.join(STATES)})")

@@ -1,0 +1,204 @@
+"""The SQLite job store: states, idempotent adds, leases, concurrent claims, SIGKILL safety."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from dicom_sr.jobs import JobStore, make_owner, owner_is_dead
+
+
+def _add(store: JobStore, key: str, **kw):
+    kw.setdefault("kind", "batch")
+    return store.add(
+        key,
+        study_uid="1.2",
+        source_series_uid=f"src.{key}",
+        config_hash="abc",
+        paths=["a.dcm"],
+        **kw,
+    )
+
+
+def test_state_machine_and_readback(tmp_path):
+    store = JobStore(tmp_path)
+    job = _add(store, "k1", kind="listen", state="received")
+    assert (job.state, job.attempts, job.paths) == ("received", 0, ["a.dcm"])
+    store.add_paths("k1", ["b.dcm", "a.dcm"])
+    store.set_state("k1", "queued")
+    claimed = store.claim("me", lease_seconds=30)
+    assert claimed.key == "k1" and claimed.attempts == 1 and claimed.lease_owner == "me"
+    store.set_state("k1", "done", result={"frames": 3}, frames=3)
+    store.set_state("k1", "forwarded")
+    back = JobStore(tmp_path).get("k1")  # a fresh store reads what was committed
+    assert back.state == "forwarded"
+    assert back.paths == ["a.dcm", "b.dcm"]
+    assert back.result == {"frames": 3} and back.frames == 3
+    assert back.lease_owner is None
+    with pytest.raises(ValueError, match="cannot go from forwarded to queued"):
+        store.set_state("k1", "queued")
+    with pytest.raises(KeyError):
+        store.set_state("nope", "done")
+    with pytest.raises(ValueError, match="unknown job state"):
+        store.set_state("k1", "planned")  # type: ignore[arg-type]
+    assert store.counts()["forwarded"] == 1 and store.counts()["queued"] == 0
+
+
+def test_add_is_idempotent_and_done_stays_done(tmp_path):
+    store = JobStore(tmp_path)
+    _add(store, "k")
+    store.set_state("k", "done", result={"ok": True})
+    again = store.add(
+        "k", kind="batch", study_uid="1.2", source_series_uid="src.k", config_hash="abc",
+        paths=["a.dcm", "c.dcm"],
+    )  # fmt: skip
+    assert again.state == "done" and again.paths == ["a.dcm", "c.dcm"]
+    assert len(store.jobs()) == 1
+    assert store.claim("me", lease_seconds=30) is None
+
+
+def test_expired_lease_is_reclaimed_by_another_owner(tmp_path):
+    store = JobStore(tmp_path)
+    _add(store, "k")
+    assert store.claim("w1", lease_seconds=0.2).attempts == 1
+    assert store.claim("w2", lease_seconds=30) is None  # lease still held
+    assert store.renew("k", "w1", 0.2)
+    time.sleep(0.3)
+    job = store.claim("w2", lease_seconds=30)
+    assert job.key == "k" and job.lease_owner == "w2" and job.attempts == 2
+    assert "died or stalled" in job.error
+    assert not store.renew("k", "w1", 30)  # w1 lost it and can tell
+    assert not store.release("k", "w1")
+    assert store.release("k", "w2", error="cancelled")
+    assert store.get("k").state == "queued"
+
+
+def test_dead_owner_releases_and_max_attempts_fails(tmp_path):
+    store = JobStore(tmp_path)
+    _add(store, "k")
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    dead = f"{make_owner().split(':')[0]}:{proc.pid}:x"
+    assert owner_is_dead(dead) and not owner_is_dead(make_owner())
+    store.claim(dead, lease_seconds=3600)
+    assert store.requeue_unfinished("batch") == 1  # the dead owner's long lease does not hold
+    store.claim(dead, lease_seconds=3600)
+    assert store.claim("w", lease_seconds=30, key="k", max_attempts=2) is None
+    failed = store.get("k")
+    assert failed.state == "failed" and failed.error.startswith("gave up after 2 attempts")
+    assert store.requeue_unfinished("batch", failed=True) == 1
+    assert store.get("k").attempts == 0
+
+
+def test_due_forwards(tmp_path):
+    store = JobStore(tmp_path)
+    _add(store, "k", kind="listen")
+    _add(store, "b")  # batch jobs are never forwarded
+    for key in ("k", "b"):
+        store.set_state(key, "done")
+    assert [j.key for j in store.due_forwards()] == ["k"]
+    store.forward_failed("k", "connection refused", time.time() + 60)
+    assert store.due_forwards() == []
+    assert [j.key for j in store.due_forwards(time.time() + 61)] == ["k"]
+    assert store.get("k").forward_attempts == 1
+
+
+def _claim_all(out_dir: str, ready, go, queue) -> None:
+    store = JobStore(out_dir)
+    owner = make_owner()
+    got = []
+    ready.put(owner)
+    go.wait(60)
+    while (job := store.claim(owner, lease_seconds=60)) is not None:
+        got.append(job.key)
+        time.sleep(0.002)  # a little work between claims, as a real worker does
+        store.set_state(job.key, "done")
+    queue.put(got)
+
+
+def test_two_processes_never_claim_the_same_job(tmp_path):
+    store = JobStore(tmp_path)
+    keys = [f"k{i:03d}" for i in range(200)]
+    for key in keys:
+        _add(store, key)
+    ctx = multiprocessing.get_context("spawn")
+    ready, go, queue = ctx.Queue(), ctx.Event(), ctx.Queue()
+    args = (str(tmp_path), ready, go, queue)
+    procs = [ctx.Process(target=_claim_all, args=args) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        ready.get(timeout=60)
+    go.set()  # both claim at once
+    got = [queue.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(10)
+    assert got[0] and got[1]  # they really ran side by side
+    assert not set(got[0]) & set(got[1])
+    assert sorted(got[0] + got[1]) == keys
+    assert store.counts()["done"] == 200
+
+
+def test_sigkill_mid_transaction_leaves_a_readable_store(tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from dicom_sr.jobs import JobStore
+        store = JobStore({str(tmp_path)!r})
+        i = 0
+        while True:
+            key = f"k{{i}}"
+            store.add(key, kind="batch", study_uid="1", source_series_uid=key, config_hash="h",
+                      paths=[f"p{{j}}" for j in range(50)])
+            store.claim("w", lease_seconds=60, key=key)
+            store.set_state(key, "done", result={{"i": i}})
+            if i == 20:
+                print("running", flush=True)
+            i += 1
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "running"
+    time.sleep(0.3)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    db = sqlite3.connect(tmp_path / "jobs.sqlite3")
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    db.close()
+    store = JobStore(tmp_path)
+    jobs = store.jobs()
+    assert len(jobs) > 20
+    # every committed job is whole: done ones carry their result, the last may be mid-way
+    for job in jobs[:-1]:
+        assert job.state == "done" and json.dumps(job.result) and len(job.paths) == 50
+
+
+def test_jobs_command_lists_states(tmp_path):
+    from click.testing import CliRunner
+
+    from dicom_sr.cli import main
+
+    store = JobStore(tmp_path)
+    _add(store, "1.2.3")
+    _add(store, "1.2.4")
+    store.set_state("1.2.4", "failed", error="bad.dcm: no Pixel Data (7FE0,0010)")
+    runner = CliRunner()
+    res = runner.invoke(main, ["jobs", "--out", str(tmp_path), "--json", "--state", "failed"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.output)
+    assert [(r["key"], r["state"], r["error"]) for r in rows] == [
+        ("1.2.4", "failed", "bad.dcm: no Pixel Data (7FE0,0010)")
+    ]
+    res = runner.invoke(main, ["jobs", "--out", str(tmp_path)])
+    assert res.exit_code == 0 and "planned" in res.output and "queued: 1, failed: 1" in res.output
+    res = runner.invoke(main, ["jobs", "--out", str(tmp_path / "missing")])
+    assert res.exit_code == 2
