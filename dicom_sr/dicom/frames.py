@@ -22,6 +22,11 @@ Choices, and why:
   wrong for big endian files); segmented LUTs are expanded by pydicom.
 * Colour images whose three channels agree within one level on every frame (grey stored as
   RGB) are kept grey: ``chroma`` is None and the layout is MONOCHROME2, 8 bit.
+* A PALETTE COLOR image whose lookup tables are missing or disagree with their descriptors
+  is refused (:class:`~dicom_sr.errors.InputError` naming the tag); no table is guessed.
+
+Everything unusable about an input raises :class:`~dicom_sr.errors.InputError` (a decoding
+failure as its subclass :class:`FrameDecodeError`), never a raw pydicom exception.
 """
 
 from __future__ import annotations
@@ -34,11 +39,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pydicom
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut
 from pydicom.uid import UID
 
 from dicom_sr.dicom.decoders import DecodedFrame, decoder_names, open_source, undecodable_reason
+from dicom_sr.errors import InputError, describe
 
 if TYPE_CHECKING:
     from dicom_sr.dicom.discover import Instance
@@ -55,6 +63,7 @@ __all__ = [
     "rgb_to_ycbcr",
     "ycbcr_to_rgb",
     "palette_table",
+    "read_header",
 ]
 
 # BT.601 full range (JFIF), on [0, 1] values with chroma offset 0.5
@@ -70,17 +79,24 @@ _YCC_TO_RGB = np.linalg.inv(_RGB_TO_YCC)
 _YCC_OFFSET = np.array([0.0, 0.5, 0.5])
 
 
-class FrameDecodeError(Exception):
+class FrameDecodeError(InputError):
     """No decoder could produce a frame; the message names file, frame and transfer syntax."""
 
     def __init__(self, path: str | Path, frame: int, transfer_syntax_uid: str, reason: str):
-        self.path = str(path)
         self.frame = frame
         self.transfer_syntax_uid = str(transfer_syntax_uid)
         name = UID(transfer_syntax_uid).name
         super().__init__(
-            f"{self.path}: cannot decode frame {frame} ({name}, {transfer_syntax_uid}): {reason}"
+            path,
+            f"cannot decode frame {frame} ({name}, {transfer_syntax_uid}): {reason}",
+            tag=_tag("PixelData"),
         )
+
+
+def _tag(keyword: str) -> str:
+    """``Keyword (gggg,eeee)`` for error messages."""
+    tag = tag_for_keyword(keyword) or 0
+    return f"{keyword} ({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
 @dataclass(frozen=True)
@@ -128,29 +144,119 @@ def to_pixels(luma: np.ndarray, chroma: np.ndarray | None, layout: PixelLayout) 
     return np.rint(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def palette_table(ds: Dataset) -> tuple[np.ndarray, int]:
-    """The palette as an (N, 3) uint8 RGB table, and the first stored value it maps."""
-    desc = [int(v) for v in ds.RedPaletteColorLookupTableDescriptor]
+def _descriptor(ds: Dataset, colour: str, where: str) -> tuple[int, int, int]:
+    """(entries, first mapped value, bits) of one palette descriptor, checked."""
+    keyword = f"{colour}PaletteColorLookupTableDescriptor"
+    try:
+        value = ds.get(keyword)
+        desc = [int(v) for v in value] if value is not None else []
+    except (TypeError, ValueError):
+        desc = []
+    if len(desc) != 3:
+        raise InputError(
+            where,
+            f"PALETTE COLOR needs {_tag(keyword)} with 3 values (entries, first, bits), "
+            f"found {value!r}",
+            tag=_tag(keyword),
+        )
     entries, first, bits = (desc[0] or 65536), desc[1], desc[2]
-    if "RedPaletteColorLookupTableData" in ds:
-        big = not UID(ds.file_meta.TransferSyntaxUID).is_little_endian
+    if bits not in (8, 16) or not 0 <= first < 65536 or entries < 1:
+        raise InputError(
+            where,
+            f"{_tag(keyword)} is {desc}: expected entries 0..65535, first 0..65535, 8 or 16 bits",
+            tag=_tag(keyword),
+        )
+    return entries, first, bits
+
+
+def palette_table(ds: Dataset, *, path: str | Path | None = None) -> tuple[np.ndarray, int]:
+    """The palette as an (N, 3) uint8 RGB table, and the first stored value it maps.
+
+    Raises :class:`~dicom_sr.errors.InputError` naming the tag when a descriptor or a table
+    is missing, the three disagree, or a table's length does not match its descriptor.
+    """
+    where = str(path if path is not None else getattr(ds, "filename", None) or "dataset")
+    descs = {c: _descriptor(ds, c, where) for c in ("Red", "Green", "Blue")}
+    if len(set(descs.values())) != 1:
+        raise InputError(
+            where,
+            f"PALETTE COLOR descriptors disagree: {descs} (PS3.3 C.7.6.3.1.5: identical expected)",
+            tag=_tag("GreenPaletteColorLookupTableDescriptor"),
+        )
+    entries, first, bits = descs["Red"]
+    plain = [f"{c}PaletteColorLookupTableData" for c in ("Red", "Green", "Blue")]
+    segmented = [f"Segmented{kw}" for kw in plain]
+    if all(kw in ds for kw in plain):
+        meta = getattr(ds, "file_meta", None)
+        tsyntax = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
+        big = tsyntax is not None and not UID(tsyntax).is_little_endian
         chans = []
-        for colour in ("Red", "Green", "Blue"):
-            data = ds[f"{colour}PaletteColorLookupTableData"].value
-            size = max(1, len(data) // entries)
+        for keyword in plain:
+            data = ds[keyword].value
+            size = len(data or b"") // entries
+            if size not in (1, 2):
+                raise InputError(
+                    where,
+                    f"{_tag(keyword)} holds {len(data or b'')} bytes, expected {entries} "
+                    f"entries of 1 or 2 bytes as {_tag('RedPaletteColorLookupTableDescriptor')} "
+                    "says",
+                    tag=_tag(keyword),
+                )
             dtype = np.dtype(f"{'>' if big else '<'}u{size}")
             chans.append(np.frombuffer(data, dtype=dtype, count=entries).astype(np.uint16))
         table = np.stack(chans, axis=-1)
-    else:
+    elif all(kw in ds for kw in segmented):
         dtype = np.uint8 if first + entries <= 256 else np.uint16
-        table = apply_color_lut(np.arange(first, first + entries, dtype=dtype), ds)
+        try:
+            table = apply_color_lut(np.arange(first, first + entries, dtype=dtype), ds)
+        except Exception as exc:  # noqa: BLE001 - pydicom's segment parser, on hostile data
+            raise InputError(
+                where,
+                f"{_tag(segmented[0])} cannot be expanded: {describe(exc)}",
+                tag=_tag(segmented[0]),
+            ) from None
         table = table.astype(np.uint16)
+    else:
+        absent = [kw for kw in plain if kw not in ds]
+        raise InputError(
+            where,
+            f"PALETTE COLOR without its lookup table: no {_tag(absent[0])} (nor the segmented "
+            "tables); the three tables are needed to show the image",
+            tag=_tag(absent[0]),
+        )
     if bits > 8:
         if table.max() <= 255:
             LOGGER.warning("palette says %d bits but holds 8-bit values; using them as such", bits)
         else:
             table = table >> (bits - 8)
     return np.clip(table, 0, 255).astype(np.uint8), first
+
+
+def read_header(path: str | Path) -> Dataset:
+    """The header of `path` (no pixel data), or :class:`~dicom_sr.errors.InputError` saying why."""
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except InvalidDicomError as exc:
+        raise InputError(path, f"not a DICOM file ({exc})") from None
+    except OSError as exc:
+        raise InputError(path, f"cannot read: {exc.strerror or exc}") from None
+    except Exception as exc:  # noqa: BLE001 - pydicom's many ways to fail on a bad header
+        raise InputError(path, f"unreadable DICOM header: {describe(exc)}") from None
+
+
+def _header_int(h: Dataset, keyword: str, path: Path, default: int | None = None) -> int:
+    """An integer attribute of the header; InputError naming the tag when absent or not one."""
+    try:
+        value = h.get(keyword)
+        if value in (None, ""):
+            if default is not None:
+                return default
+            raise ValueError("absent")
+        return int(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InputError(
+            path, f"{_tag(keyword)} is unusable ({exc}), expected an integer", tag=_tag(keyword)
+        ) from None
 
 
 def _rgb8(arr: np.ndarray, bits: int) -> np.ndarray:
@@ -178,20 +284,40 @@ class FrameReader:
 
     def __init__(self, path: str | Path, number_of_frames: int | None = None) -> None:
         self.path = Path(path)
-        self.header: Dataset = pydicom.dcmread(self.path, stop_before_pixels=True)
+        self.header: Dataset = read_header(self.path)
         h = self.header
-        self.transfer_syntax_uid = str(h.file_meta.TransferSyntaxUID)
-        self.number_of_frames = int(number_of_frames or h.get("NumberOfFrames") or 1)
-        self.rows, self.columns = int(h.Rows), int(h.Columns)
-        self.photometric = str(h.PhotometricInterpretation).strip()
-        self.bits_stored = int(h.get("BitsStored") or h.BitsAllocated)
-        self.signed = int(h.get("PixelRepresentation", 0)) == 1
+        meta = getattr(h, "file_meta", None)
+        self.transfer_syntax_uid = str(getattr(meta, "TransferSyntaxUID", "") or "")
+        if not self.transfer_syntax_uid:
+            raise InputError(self.path, "no TransferSyntaxUID (0002,0010) in the file meta")
+        frames = number_of_frames or _header_int(h, "NumberOfFrames", self.path, default=1)
+        if frames < 1:
+            raise InputError(
+                self.path,
+                f"{_tag('NumberOfFrames')} is {frames}, expected 1 or more",
+                tag=_tag("NumberOfFrames"),
+            )
+        self.number_of_frames = int(frames)
+        self.rows = _header_int(h, "Rows", self.path)
+        self.columns = _header_int(h, "Columns", self.path)
+        self.photometric = str(h.get("PhotometricInterpretation") or "").strip()
+        allocated = _header_int(h, "BitsAllocated", self.path)
+        self.bits_stored = _header_int(h, "BitsStored", self.path, default=allocated)
+        if not 1 <= self.bits_stored <= allocated <= 16:
+            raise InputError(
+                self.path,
+                f"{_tag('BitsStored')} {self.bits_stored} with {_tag('BitsAllocated')} "
+                f"{allocated}: expected 1 <= BitsStored <= BitsAllocated <= 16",
+                tag=_tag("BitsStored"),
+            )
+        self.signed = _header_int(h, "PixelRepresentation", self.path, default=0) == 1
         self.decoders_used: list[str] = []
         self._names = decoder_names(self.transfer_syntax_uid)
         if not self._names:
             reason = undecodable_reason(self.transfer_syntax_uid) or "no decoder"
             raise FrameDecodeError(self.path, 0, self.transfer_syntax_uid, reason)
-        self._palette = palette_table(h) if self.photometric == "PALETTE COLOR" else None
+        palette = self.photometric == "PALETTE COLOR"
+        self._palette = palette_table(h, path=self.path) if palette else None
         self._layout: PixelLayout | None = None
 
     # public ---------------------------------------------------------------------------
