@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -86,19 +85,46 @@ def _engine_overrides(scale, method, iterations, ensemble, device, seed, vgg19) 
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
-    level = logging.WARNING if quiet or verbose == 0 else logging.INFO
+    """Rich log lines on a terminal; plain, timestamped lines without one (cron, CI, a service),
+    where progress is logged at INFO because there is no bar to show it."""
+    tty = sys.stderr.isatty()
+    level = logging.WARNING if quiet or (tty and verbose == 0) else logging.INFO
     if verbose >= 2:
         level = logging.DEBUG
-    from rich.logging import RichHandler
+    if tty:
+        from rich.logging import RichHandler
 
-    handler = RichHandler(console=_console(stderr=True), show_path=False, markup=False)
-    logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
+        handler: logging.Handler = RichHandler(
+            console=_console(stderr=True), show_path=False, markup=False
+        )
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
+    logging.getLogger("dicom_sr").setLevel(level)
 
 
 def _console(stderr: bool = True):
     from rich.console import Console
 
     return Console(stderr=stderr)
+
+
+def _usable_out(out_dir: str) -> Path:
+    """``--out`` made if needed and checked writable; else a bad option (exit 2), not a crash."""
+    import tempfile
+
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise click.BadParameter(
+            f"{out}: not a writable folder ({exc.strerror or exc})", param_hint="--out"
+        ) from None
+    return out
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -189,7 +215,7 @@ def process(
     )
     config = _load_config(pipeline, overrides)
 
-    from dicom_sr.cli.progress import RunProgress
+    from dicom_sr.cli.progress import LogProgress, RunProgress
     from dicom_sr.engine import load_weights
     from dicom_sr.engine import save_weights as save
     from dicom_sr.pipeline import process_inputs
@@ -200,16 +226,12 @@ def process(
             init = load_weights(weights, scale=config.engine.scale)
         except (ValueError, OSError) as exc:
             raise click.BadParameter(str(exc), param_hint="--weights") from None
-    out = Path(out_dir)
+    out = _usable_out(out_dir)
     show = not (quiet or as_json) and sys.stderr.isatty()
-    with RunProgress(enabled=show) if show else nullcontext() as bars:
+    bars = RunProgress(enabled=True) if show else LogProgress()
+    with bars:
         run = process_inputs(
-            inputs,
-            config,
-            out,
-            init=init,
-            progress=bars.on_progress if bars else None,
-            on_series=bars.on_series if bars else None,
+            inputs, config, out, init=init, progress=bars.on_progress, on_series=bars.on_series
         )
     if save_weights:
         trained = [s.model for s in run.series if s.model and s.model.generator_state]
@@ -217,16 +239,23 @@ def process(
             target = Path(save_weights)
             if k:
                 target = target.with_name(f"{target.stem}-{k + 1}{target.suffix}")
-            save(model, target)
+            try:
+                save(model, target)
+            except OSError as exc:
+                logger.error("--save-weights: cannot write %s: %s", target, exc)
     summary = _summary(run, config, out)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
         _print_summary(summary, quiet)
-    usable = any(s.instances for s in run.series) and not all(
-        r.status == "failed" for s in run.series for r in s.instances
-    )
-    sys.exit(0 if usable else 1)
+    sys.exit(summary["exit_code"])
+
+
+def exit_code(run) -> int:
+    """0: every usable input written or already done; 1: an instance failed, or nothing usable
+    was found. (2, bad options, is click's own.)"""
+    usable = any(s.instances for s in run.series)
+    return 0 if usable and not run.failed else 1
 
 
 def _summary(run, config: PipelineConfig, out: Path) -> dict[str, Any]:
@@ -236,23 +265,17 @@ def _summary(run, config: PipelineConfig, out: Path) -> dict[str, Any]:
         "method": config.engine.method,
         "scale": config.engine.scale,
         "out": str(out),
-        "series": [
-            {
-                "study_uid": s.study_uid,
-                "source_series_uid": s.source_series_uid,
-                "derived_series_uid": s.derived_series_uid,
-                "frames": s.frames,
-                "written": [str(r.output) for r in s.instances if r.status == "written"],
-                "already_done": [str(r.output) for r in s.instances if r.status == "done"],
-                "train_seconds": round(s.train_seconds, 2),
-                "seconds": round(s.seconds, 2),
-            }
-            for s in run.series
-        ],
+        "series": [s.to_dict() for s in run.series],
         "frames": run.frames,
         "instances_written": run.written,
-        "skipped": [{"path": k.path, "reason": k.reason} for k in run.all_skipped],
+        "skipped": [{"path": k.path, "reason": k.reason} for k in run.skipped],
+        "failed": [
+            {"path": str(r.source), "series": s.source_series_uid, "reason": r.reason}
+            for s in run.series
+            for r in s.failed
+        ],
         "seconds": round(run.seconds, 2),
+        "exit_code": exit_code(run),
     }
 
 
@@ -265,24 +288,30 @@ def _print_summary(summary: dict[str, Any], quiet: bool) -> None:
             title=f"dicom-sr {summary['method']} x{summary['scale']} "
             f"({summary['pipeline']}, config {summary['config_hash']})"
         )
-        for col in ("series (derived)", "frames", "written", "already done", "train s", "total s"):
+        cols = ("series (derived)", "status", "output", "frames", "written", "already done")
+        for col in (*cols, "failed", "train s", "total s"):
             table.add_column(col)
         for s in summary["series"]:
             table.add_row(
                 s["derived_series_uid"][-24:],
+                s["status"],
+                s["guard"].get("decision", "model") if s["guard"] else summary["method"],
                 str(s["frames"]),
                 str(len(s["written"])),
                 str(len(s["already_done"])),
+                str(len(s["failed"])),
                 f"{s['train_seconds']:.1f}",
                 f"{s['seconds']:.1f}",
             )
         console.print(table)
     for k in summary["skipped"]:
         console.print(f"[yellow]skipped[/] {k['path']}: {k['reason']}", highlight=False)
+    for k in summary["failed"]:
+        console.print(f"[red]failed[/] {k['path']}: {k['reason']}", highlight=False)
     console.print(
         f"{len(summary['series'])} series, {summary['frames']} frames, "
         f"{summary['instances_written']} instances written, {len(summary['skipped'])} skipped, "
-        f"{summary['seconds']:.1f} s -> {summary['out']}",
+        f"{len(summary['failed'])} failed, {summary['seconds']:.1f} s -> {summary['out']}",
         highlight=False,
     )
 

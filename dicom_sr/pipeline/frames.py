@@ -1,0 +1,163 @@
+"""The engine's side of a series: training crops, one training run, one frame's super-resolution.
+
+Tissue regions go through the model; everything else is pixel-replicated (it invents nothing).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from dicom_sr import __version__
+from dicom_sr.config import PipelineConfig
+from dicom_sr.dicom import regions as us_regions
+from dicom_sr.dicom.discover import Series
+from dicom_sr.dicom.frames import Frame, open_frames
+from dicom_sr.dicom.provenance import Provenance
+from dicom_sr.engine import (
+    TrainedModel,
+    cine_frame_indices,
+    finetune,
+    fit,
+    get_method,
+    upscale,
+    upscale_np,
+)
+from dicom_sr.errors import InputError
+from dicom_sr.pipeline.results import ProgressCallback, ProgressEvent
+
+__all__ = [
+    "MIN_TRAIN_SIDE",
+    "train_series",
+    "super_resolve_frame",
+    "guard_text",
+    "make_provenance",
+    "short_uid",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Tissue regions smaller than this (LR pixels, either side) are not used to train the model.
+MIN_TRAIN_SIDE = 24
+
+
+def short_uid(uid: str) -> str:
+    """The last digits of a UID: enough to tell series apart in a log line."""
+    return "..." + uid[-12:] if len(uid) > 15 else uid
+
+
+def guard_text(guard: dict[str, Any]) -> str:
+    """The guard's decision in one phrase, for the DerivationDescription and the log."""
+    if not guard:
+        return ""
+    decision = guard.get("decision", "model")
+    scores = ""
+    if "model_db" in guard and "ibp_db" in guard:
+        scores = (
+            f" (model {guard['model_db']:.2f} dB, ibp {guard['ibp_db']:.2f} dB"
+            f" on {guard.get('pairs', '?')} held-aside pairs)"
+        )
+    reason = f": {guard['reason']}" if guard.get("reason") else ""
+    return f"guard: output {'model' if decision == 'model' else 'ibp'}{scores}{reason}"
+
+
+def make_provenance(config: PipelineConfig, model: TrainedModel | None, guard: dict) -> Provenance:
+    info = model.info if model is not None else {}
+    return Provenance(
+        method=config.engine.method,
+        scale=config.engine.scale,
+        iterations=int(info.get("iterations", 0)),
+        pipeline_name=config.name,
+        pipeline_version=config.version,
+        config_hash=config.hash(),
+        software_version=__version__,
+        perceptual=str(info.get("perceptual", "n/a")),
+        extra=guard_text(guard),
+    )
+
+
+def _iter_tissue_crops(series: Series, indices: set[int]) -> Iterator[np.ndarray]:
+    """Luminance crops of the tissue regions of the wanted frames (running index over the series).
+
+    Only the wanted frames are decoded. An instance that cannot be read gives no crops (it
+    fails on its own when it is written).
+    """
+    first = 0
+    for inst in series.instances:
+        local = sorted(i - first for i in indices if first <= i < first + inst.number_of_frames)
+        first += inst.number_of_frames
+        if not local:
+            continue
+        try:
+            with open_frames(inst) as reader:
+                boxes = us_regions.tissue_regions(reader.header, inst.rows, inst.columns)
+                for frame in reader.frames(local):
+                    for r in boxes:
+                        crop = frame.luma[r.y0 : r.y1 + 1, r.x0 : r.x1 + 1]
+                        if min(crop.shape) >= MIN_TRAIN_SIDE:
+                            yield crop
+        except InputError as exc:
+            logger.warning("not used for training: %s", exc)
+
+
+def train_series(
+    series: Series,
+    config: PipelineConfig,
+    *,
+    init: TrainedModel | None = None,
+    progress: ProgressCallback | None = None,
+) -> TrainedModel:
+    """Train the engine once for the whole series (the cine default: train once, reuse).
+
+    Fathers are drawn from the tissue regions of frames spread over the series. Methods that
+    do not learn return at once. A series with too little tissue to learn from gets ``ibp``,
+    and the model's ``info["guard"]`` says why: a user who asked for a study gets every series.
+    """
+    eng = config.engine
+
+    def report(done: int, total: int) -> None:
+        if progress:
+            progress(ProgressEvent(series.series_uid, "train", done, total))
+
+    if not get_method(eng.method).learned:
+        return fit([], eng)
+    if eng.cine_mode == "cold":
+        # every frame trains its own model in _super_resolve_frame; nothing shared to train
+        info = {"iterations": eng.iterations, "cine_mode": "cold"}
+        return TrainedModel(eng.method, eng.scale, None, info)
+    n = series.n_frames
+    picks = cine_frame_indices(n, eng.cine_train_frames)
+    crops = list(_iter_tissue_crops(series, set(picks)))
+    if not crops:
+        reason = f"no tissue region of at least {MIN_TRAIN_SIDE} px a side to train on"
+        logger.warning("series %s: %s; output is ibp", short_uid(series.series_uid), reason)
+        model = fit([], eng.model_copy(update={"method": "ibp"}))
+        model.info["guard"] = {"decision": "ibp", "reason": reason}
+        return model
+    # one frame: the single-image budget; several: the cine budget (train once, reuse)
+    budget = eng.iterations if n == 1 else round(eng.cine_budget * eng.iterations)
+    return fit(crops, eng, init=init, iterations=budget, progress=report)
+
+
+def super_resolve_frame(
+    frame: Frame, boxes: Sequence[us_regions.Region], model: TrainedModel, config: PipelineConfig
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Upscale one frame: the model inside tissue regions, pixel replication elsewhere."""
+    eng = config.engine
+    s = eng.scale
+    luma = upscale_np(frame.luma, s, "nearest")
+    per_frame = get_method(model.method).learned and eng.cine_mode != "shared"
+    for r in boxes:
+        crop = frame.luma[r.y0 : r.y1 + 1, r.x0 : r.x1 + 1]
+        frame_model = model
+        if per_frame:
+            if eng.cine_mode == "cold":
+                frame_model = fit([crop], eng)
+            elif eng.finetune_iterations > 0:
+                frame_model = finetune(crop, model, eng)
+        luma[s * r.y0 : s * (r.y1 + 1), s * r.x0 : s * (r.x1 + 1)] = upscale(crop, frame_model, eng)
+    chroma = None if frame.chroma is None else upscale_np(frame.chroma, s, "bicubic")
+    return luma, chroma
