@@ -62,14 +62,30 @@ def derived_uid(uid_root: str, *parts: str) -> str:
     return str(generate_uid(prefix=prefix, entropy_srcs=["dicom-sr", *map(str, parts)]))
 
 
-def derived_series_uid(uid_root: str, source_series_uid: str, config_hash: str) -> str:
-    """Series Instance UID of the derived series made from one source series by one config."""
-    return derived_uid(uid_root, source_series_uid, config_hash)
+def derived_series_uid(
+    uid_root: str, source_series_uid: str, identity: str, *, revision: int = 0
+) -> str:
+    """Series Instance UID of the series derived from one source series.
+
+    ``identity`` is the hash of everything that decides the output pixels (the pipeline's
+    ``identity_hash``: configuration, perceptual source and VGG19 digest, device kind), so
+    different pixels never share a UID. ``revision`` > 0 makes a new, versioned derived series
+    of the same source and configuration (its own UIDs); 0 is the original derivation.
+    """
+    return derived_uid(uid_root, source_series_uid, identity, *_revision(revision))
 
 
-def derived_sop_uid(uid_root: str, source_sop_uid: str, config_hash: str) -> str:
-    """SOP Instance UID of the derived instance made from one source instance by one config."""
-    return derived_uid(uid_root, source_sop_uid, config_hash)
+def derived_sop_uid(uid_root: str, source_sop_uid: str, identity: str, *, revision: int = 0) -> str:
+    """SOP Instance UID of the instance derived from one source instance (see
+    :func:`derived_series_uid` for ``identity`` and ``revision``)."""
+    return derived_uid(uid_root, source_sop_uid, identity, *_revision(revision))
+
+
+def _revision(revision: int) -> tuple[str, ...]:
+    """Entropy for a revision: none for 0, so UIDs made before revisions existed still hold."""
+    if isinstance(revision, bool) or not isinstance(revision, int) or revision < 0:
+        raise ValueError(f"revision must be an integer >= 0, got {revision!r}")
+    return (f"revision={revision}",) if revision else ()
 
 
 def _clip(text: str, limit: int) -> str:
