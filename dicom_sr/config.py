@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import string
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -115,6 +116,12 @@ class EngineConfig(_Frozen):
     tile_overlap: int = Field(16, ge=0, description="overlap of inference tiles, LR px")
     bf16: bool = Field(False, description="bf16 autocast at inference")
     channels_last: bool = Field(False, description="channels-last memory format at inference")
+    # the guard: held-aside pairs decide between the model and ibp
+    guard: bool = Field(True, description="check the model against ibp on held-aside pairs")
+    guard_margin_db: float = Field(
+        0.0, description="the model is kept when it beats ibp on the held-aside pairs by this"
+    )
+    guard_pairs: int = Field(8, ge=1, description="held-aside father/son pairs the guard scores")
     # cines
     cine_mode: Literal["shared", "finetune", "cold"] = Field(
         "shared", description="cines: train once and reuse, fine-tune per frame, or train each"
@@ -161,6 +168,19 @@ class OutputConfig(_Frozen):
         " [SR x{scale}]", description="appended to SeriesDescription ({scale} is filled in)"
     )
     series_number_offset: int = Field(1000, ge=0, description="added to the SeriesNumber")
+
+    @field_validator("series_description_suffix")
+    @classmethod
+    def _suffix(cls, v: str) -> str:
+        # checked here, at load, so that a bad field fails the run before any work, not at write
+        fields = {name for _, name, _, _ in string.Formatter().parse(v) if name is not None}
+        if fields - {"scale"}:
+            raise ValueError(f"unknown field(s) {sorted(fields - {'scale'})}: only {{scale}}")
+        try:
+            v.format(scale=2)
+        except (ValueError, IndexError, KeyError) as exc:
+            raise ValueError(f"not a valid format string: {exc}") from None
+        return v
 
     @field_validator("uid_root")
     @classmethod
@@ -258,6 +278,10 @@ def load_pipeline(
         )
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 (byte {exc.start}); TOML files are UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     data.setdefault("name", path.stem)

@@ -145,3 +145,35 @@ def test_pipelines_dir_follows_the_environment(tmp_path: Path, monkeypatch) -> N
     assert available_pipelines() == ["mine"]
     config = load_pipeline("mine")
     assert (config.name, config.version, config.engine.scale) == ("mine", "7", 3)
+
+
+def test_a_bad_format_field_is_rejected_at_load_naming_the_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "bad"\n[output]\nseries_description_suffix = " {foo}"\n')
+    with pytest.raises(ConfigError, match=r"output\.series_description_suffix.*foo"):
+        load_pipeline(bad)
+    bad.write_text('name = "bad"\n[output]\nseries_description_suffix = " {scale:q}"\n')
+    with pytest.raises(ConfigError, match=r"output\.series_description_suffix"):
+        load_pipeline(bad)
+
+
+def test_a_pipeline_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    bad = tmp_path / "latin1.toml"
+    bad.write_bytes('name = "x"\ndescription = "Gr\xfc\xdfe"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_pipeline(bad)
+
+
+def test_the_cli_exits_2_on_a_bad_pipeline(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from dicom_sr.cli import main
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "bad"\n[output]\nseries_description_suffix = " {foo}"\n')
+    res = CliRunner().invoke(
+        main, ["process", str(bad), "--out", str(tmp_path / "o"), "--pipeline", str(bad)]
+    )
+    assert res.exit_code == 2
+    assert "series_description_suffix" in res.output
+    assert not (tmp_path / "o").exists()

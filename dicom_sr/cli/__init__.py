@@ -6,14 +6,23 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import click
 
 from dicom_sr import __version__
-from dicom_sr.config import DEFAULT_PIPELINE, ConfigError, PipelineConfig, load_pipeline
+from dicom_sr.config import (
+    DEFAULT_PIPELINE,
+    ConfigError,
+    EngineConfig,
+    PipelineConfig,
+    load_pipeline,
+)
 
 logger = logging.getLogger("dicom_sr")
+
+#: The method names the configuration accepts (the engine's registry, checked by a test).
+METHOD_NAMES = list(get_args(EngineConfig.model_fields["method"].annotation))
 
 _ENGINE_OPTIONS = [
     click.option(
@@ -26,7 +35,7 @@ _ENGINE_OPTIONS = [
     ),
     click.option(
         "--method",
-        type=click.Choice(["cyclegan", "zssr", "ibp", "bicubic"]),
+        type=click.Choice(METHOD_NAMES),
         default=None,
         help="SR method (default: the pipeline's, cyclegan).",
     ),

@@ -29,7 +29,7 @@ from dicom_sr.config import (
 from dicom_sr.dicom.discover import Instance, Skipped, discover
 from dicom_sr.dicom.frames import FrameDecodeError, open_frames
 from dicom_sr.dicom.regions import tissue_regions
-from dicom_sr.engine import fit, fit_cine, upscale
+from dicom_sr.engine import METHODS, fit, fit_cine, get_method, upscale
 from dicom_sr.engine.resize import downscale
 from dicom_sr.evaluate.measure import RssSampler, Timed
 from dicom_sr.evaluate.metrics import mean_abs_diff, psnr, shave, ssim, vif_p
@@ -49,8 +49,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-BASE_METHODS = ("bicubic", "ibp", "zssr", "cyclegan")
-LEARNED = ("zssr", "cyclegan")
+#: The engine's registered methods, in the report's column order (the registry says which learn).
+BASE_METHODS = tuple(METHODS)
 #: Smallest crop side (HR pixels) that still leaves VIF-P's four scales some pixels.
 MIN_SIDE = 96
 
@@ -110,7 +110,7 @@ class MethodSpec:
 
     @property
     def learned(self) -> bool:
-        return self.engine.method in LEARNED
+        return get_method(self.engine.method).learned
 
 
 def resolve_methods(names: Iterable[str], config: PipelineConfig) -> list[MethodSpec]:

@@ -166,6 +166,10 @@ def process_series(
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     ident = identity_hash(config)
+    if revision:  # a re-derivation of a series that grew: its description says which
+        suffix = f"{config.output.series_description_suffix} rev {revision}"
+        output = config.output.model_copy(update={"series_description_suffix": suffix})
+        config = config.model_copy(update={"output": output})
     root = config.output.uid_root
     result = SeriesResult(
         study_uid=series.study_uid,
