@@ -19,6 +19,7 @@ the colour and range handling, so every decoder only has to say what it produced
 from __future__ import annotations
 
 import logging
+import os
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -28,9 +29,12 @@ from typing import BinaryIO
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.encaps import parse_basic_offsets, parse_fragments
 from pydicom.pixels import get_decoder
-from pydicom.pixels.utils import as_pixel_options
+from pydicom.pixels.utils import as_pixel_options, get_expected_length
 from pydicom.uid import UID
+
+from dicom_sr.errors import InputError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -43,6 +47,7 @@ __all__ = [
     "open_source",
     "seek_pixel_data",
     "PixelElement",
+    "check_frames",
 ]
 
 #: Transfer syntaxes GDCM (through SimpleITK) decodes: native, deflated, RLE, JPEG
@@ -64,6 +69,10 @@ GDCM_SYNTAXES: frozenset[str] = frozenset(
         "1.2.840.10008.1.2.4.91",
     }
 )
+
+_UNDEFINED = 0xFFFFFFFF
+_NOF = "NumberOfFrames (0028,0008)"
+_PIXELS = "PixelData (7FE0,0010)"
 
 _PIXEL_TAGS = {
     0x7FE00010: "PixelData",
@@ -162,6 +171,121 @@ def seek_pixel_data(f: BinaryIO, transfer_syntax_uid: str) -> PixelElement | Non
     if keyword is None:
         return None
     return PixelElement(header, keyword, vr.decode("ascii") if vr else None, length, f.tell())
+
+
+def check_frames(
+    path: str | os.PathLike[str],
+    ds: Dataset,
+    *,
+    element: PixelElement | None = None,
+    file: BinaryIO | None = None,
+    stored: int | None = None,
+) -> int:
+    """The number of frames of an instance, checked against the Pixel Data it describes.
+
+    NumberOfFrames must be 1 or more, and, when absent (one frame), the data must not hold
+    more: native data by its length (``stored`` bytes, or `element`'s length as far as the
+    file goes), encapsulated data by its offset table or fragment count (`file` positioned at
+    the value of `element`). A truncated Pixel Data fails too. Raises
+    :class:`~dicom_sr.errors.InputError` naming the tag, never answers 1 for a cine.
+    """
+    try:
+        raw = ds.get("NumberOfFrames")
+        declared = None if raw in (None, "") else int(raw)
+    except (TypeError, ValueError, OverflowError):
+        raise InputError(
+            path, f"{_NOF} is {ds['NumberOfFrames'].value!r}, expected an integer", tag=_NOF
+        ) from None
+    encapsulated = element is not None and element.length == _UNDEFINED
+    if element is not None and not encapsulated:
+        size = os.fstat(file.fileno()).st_size if file is not None else element.length
+        stored = max(0, min(element.length, size - element.value_offset))
+    if encapsulated:
+        if file is None:
+            raise ValueError("check_frames needs the open file for encapsulated Pixel Data")
+        holds, problem = _encapsulated_frames(file, element, ds, declared)
+    else:
+        if stored is None:
+            raise ValueError("check_frames needs `element` or `stored`")
+        holds, problem = _native_frames(stored, ds, declared)
+    if declared is not None and declared < 1:
+        found = f"; the Pixel Data holds {holds} frames" if holds else ""
+        raise InputError(path, f"{_NOF} is {declared}, expected 1 or more{found}", tag=_NOF)
+    if problem:
+        raise InputError(path, problem, tag=_PIXELS)
+    frames = 1 if declared is None else declared
+    if holds is not None and holds > frames:
+        said = "absent (one frame)" if declared is None else str(declared)
+        raise InputError(path, f"{_NOF} is {said} but the {_PIXELS} holds {holds} frames", tag=_NOF)
+    return frames
+
+
+def _native_frames(stored: int, ds: Dataset, declared: int | None) -> tuple[int, str | None]:
+    """(frames the bytes hold, truncation problem or None) for native Pixel Data."""
+    probe = Dataset()
+    for keyword in ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated"):
+        setattr(probe, keyword, int(ds[keyword].value))
+    probe.PhotometricInterpretation = str(ds.PhotometricInterpretation).strip()
+    probe.NumberOfFrames = 1
+    frame_bytes = get_expected_length(probe, "bytes")  # pydicom's rule (YBR_FULL_422: 2/3)
+    holds = stored // frame_bytes
+    frames = declared if declared is not None and declared > 0 else 1
+    if stored < frames * frame_bytes:
+        return holds, (
+            f"truncated: {_PIXELS} holds {stored} bytes, {frames * frame_bytes} expected for "
+            f"{frames} frame(s) of {probe.Columns}x{probe.Rows}x{probe.SamplesPerPixel} "
+            f"at {probe.BitsAllocated} bits"
+        )
+    return holds, None
+
+
+def _encapsulated_frames(
+    f: BinaryIO, element: PixelElement, ds: Dataset, declared: int | None
+) -> tuple[int | None, str | None]:
+    """(frames the offset tables list, or None; problem or None) for encapsulated data."""
+    meta = getattr(ds, "file_meta", None)
+    tsyntax = UID(str(meta.get("TransferSyntaxUID", ""))) if meta is not None else UID("")
+    big = tsyntax.is_transfer_syntax and not tsyntax.is_little_endian
+    endian = ">" if big else "<"
+    size = os.fstat(f.fileno()).st_size
+    f.seek(element.value_offset)
+    try:
+        offsets = parse_basic_offsets(f, endianness=endian)
+        first = f.tell()
+        count, positions = parse_fragments(f, endianness=endian)
+    except (ValueError, struct.error, OSError) as exc:
+        return None, f"truncated or malformed encapsulated {_PIXELS}: {exc}"
+    if count == 0:
+        return None, f"truncated: encapsulated {_PIXELS} has no fragments"
+    f.seek(positions[-1] + 4)
+    last_len = struct.unpack(f"{endian}L", f.read(4))[0]
+    end = positions[-1] + 8 + last_len
+    f.seek(end)
+    delimiter = f.read(4)
+    if end > size or delimiter != struct.pack(f"{endian}HH", 0xFFFE, 0xE0DD):
+        return None, f"truncated: encapsulated {_PIXELS} ends at byte {size}, before its last item"
+    frames = declared if declared is not None and declared > 0 else 1
+    starts = {p - first for p in positions}
+    if "ExtendedOffsetTable" in ds:
+        listed = len(ds.ExtendedOffsetTable) // 8
+        if listed < frames:
+            return listed, f"Extended Offset Table lists {listed} frames, {_NOF} is {frames}"
+        return listed, None
+    if offsets:
+        listed = len(offsets)
+        if listed < frames:
+            return listed, f"Basic Offset Table lists {listed} frames, {_NOF} is {frames}"
+        missing = [i for i, o in enumerate(offsets) if o not in starts]
+        if missing:
+            return (
+                listed,
+                f"truncated: frame {missing[0]} of {listed} is not in the encapsulated data",
+            )
+        return listed, None
+    if count < frames:
+        return count, f"truncated: {count} fragments for {frames} frames"
+    # without an offset table a frame may span fragments: more fragments prove nothing
+    return (count if declared is not None and declared < 1 else None), None
 
 
 class FrameSource:
