@@ -21,6 +21,7 @@ import os
 import re
 import secrets
 import socket
+import threading
 import time
 import warnings
 from collections.abc import Mapping
@@ -105,9 +106,16 @@ def _part_name(path: Path) -> Path:
 
 
 def _write_error(path: Path, exc: OSError) -> WriteError:
-    if exc.errno:
-        return WriteError.from_os_error(path, exc)
-    return WriteError(path, " ".join(str(exc).split())[:500] or type(exc).__name__)
+    """A WriteError with the OS's reason: pydicom re-raises a failed element write (ENOSPC
+    included) as an OSError without errno whose message holds the element, so the original
+    error is looked for in the chain first."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno:
+            return WriteError.from_os_error(path, seen)
+        seen = seen.__cause__ or seen.__context__
+    first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return WriteError(path, first_line[:300])
 
 
 def write_atomic(ds: Dataset, path: str | os.PathLike[str]) -> int:
@@ -247,13 +255,27 @@ class Manifest:
     record starts on a fresh line).
     """
 
+    _shared: dict[str, Manifest] = {}
+    _shared_lock = threading.Lock()
+
     def __init__(self, out_dir: str | os.PathLike[str]) -> None:
         self.out_dir = Path(out_dir)
         self.path = self.out_dir / MANIFEST_NAME
+        self._refresh_lock = threading.Lock()
         self._index: dict[str, dict[str, Any]] = {}
         self._offset = 0  # bytes of the manifest read into the index
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) read from
         self._lines = 0  # lines read into the index
+
+    @classmethod
+    def shared(cls, out_dir: str | os.PathLike[str]) -> Manifest:
+        """One Manifest per ``out_dir`` in this process, so its index is read once, not once
+        per series (a long-running node or batch worker looks up thousands of series)."""
+        key = os.path.abspath(out_dir)
+        with cls._shared_lock:
+            if key not in cls._shared:
+                cls._shared[key] = cls(out_dir)
+            return cls._shared[key]
 
     def _lock(self) -> FileLock:
         folder = self.out_dir / LOCKS_DIR
@@ -304,6 +326,10 @@ class Manifest:
 
     def _refresh(self) -> None:
         """Read what was appended since the last lookup (all of it if the file was replaced)."""
+        with self._refresh_lock:
+            self._refresh_unlocked()
+
+    def _refresh_unlocked(self) -> None:
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
