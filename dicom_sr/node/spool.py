@@ -1,0 +1,199 @@
+"""Durable receive: each accepted instance is on disk (atomically) before the node says Success.
+
+Layout under the node's ``--out``::
+
+    incoming/<StudyUID>/<SeriesUID>/<SOPUID>.dcm     what was received, as sent (File Meta added)
+    quarantine/<time>-<n>.dcm + .txt                 what was refused, with the reason
+
+UIDs become path parts only after :meth:`pydicom.uid.UID.is_valid` (which also caps them at
+64 characters). A file is written to a temporary name in its folder, flushed, renamed over the
+final name and the folder flushed, so a crash leaves the whole instance or none of it.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+import pydicom
+from pydicom.uid import UID
+
+from dicom_sr.dicom.discover import Skipped, inspect_file
+from dicom_sr.errors import InputError, WriteError
+
+__all__ = [
+    "Received",
+    "SopClassMismatch",
+    "Spool",
+    "valid_uid",
+    "write_bytes_atomic",
+]
+
+logger = logging.getLogger(__name__)
+
+_counter = itertools.count()
+
+
+class SopClassMismatch(InputError):
+    """The data set's SOP Class or Instance UID is not the one of its C-STORE request."""
+
+
+@dataclass(frozen=True)
+class Received:
+    """One instance in the spool; ``new`` is False for an identical duplicate."""
+
+    path: Path
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    new: bool
+
+
+def valid_uid(value: object, keyword: str, source: str) -> str:
+    """``value`` as a UID string safe for a path part, or :class:`InputError` naming the tag."""
+    text = str(value or "").strip().rstrip("\0")
+    if not UID(text).is_valid:
+        tag = f"{keyword} ({pydicom.datadict.tag_for_keyword(keyword):08X})"
+        raise InputError(source, f"{tag} is {text[:80]!r}, not a valid UID", tag=tag)
+    return text
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomic(data: bytes, path: Path) -> None:
+    """Write ``data`` at ``path`` all or nothing (temp file, fsync, rename, fsync folder)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+class Spool:
+    """The node's durable inbox (``OUT/incoming``) and its quarantine (``OUT/quarantine``)."""
+
+    def __init__(self, out_dir: str | os.PathLike[str]) -> None:
+        self.out_dir = Path(out_dir)
+        self.root = self.out_dir / "incoming"
+        self.quarantine_dir = self.out_dir / "quarantine"
+
+    def accept(
+        self, data: bytes, *, sop_class_uid: str, sop_instance_uid: str, source: str
+    ) -> Received:
+        """Check one received Part 10 byte stream and spool it; idempotent for duplicates.
+
+        Raises
+        ------
+        InputError
+            The data set cannot be parsed, lacks a valid UID, or cannot be processed
+            (the reason from :func:`~dicom_sr.dicom.discover.inspect_file`).
+        SopClassMismatch
+            Its SOP Class/Instance UID differs from the request's.
+        WriteError
+            The spool could not be written (``disk_full`` set for ENOSPC/EDQUOT).
+        """
+        try:
+            ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True)
+            for _ in ds:  # values are parsed lazily: parse every header element now
+                pass
+        except Exception as exc:  # noqa: BLE001 - any parse failure means "cannot understand"
+            raise InputError(source, f"data set cannot be parsed: {exc}") from None
+        sop_class = valid_uid(ds.get("SOPClassUID"), "SOPClassUID", source)
+        sop_uid = valid_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID", source)
+        if sop_class != str(sop_class_uid).strip():
+            raise SopClassMismatch(
+                source,
+                f"SOPClassUID (00080016) {sop_class} differs from the request's "
+                f"Affected SOP Class UID {sop_class_uid}",
+                tag="SOPClassUID (00080016)",
+            )
+        if sop_uid != str(sop_instance_uid).strip():
+            raise SopClassMismatch(
+                source,
+                f"SOPInstanceUID (00080018) {sop_uid} differs from the request's "
+                f"Affected SOP Instance UID {sop_instance_uid}",
+                tag="SOPInstanceUID (00080018)",
+            )
+        study = valid_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID", source)
+        series = valid_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID", source)
+        path = self.root / study / series / f"{sop_uid}.dcm"
+        try:
+            if path.is_file() and path.stat().st_size == len(data):
+                if path.read_bytes() == data:
+                    return Received(path, study, series, sop_uid, new=False)
+            self._write_checked(data, path, source)
+        except OSError as exc:
+            raise WriteError.from_os_error(path, exc, source=source) from None
+        return Received(path, study, series, sop_uid, new=True)
+
+    def _write_checked(self, data: bytes, path: Path, source: str) -> None:
+        """Write to a temp name, check the image is processable there, then rename."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            found = inspect_file(tmp)
+            if isinstance(found, Skipped):
+                raise InputError(source, found.reason.replace(tmp, "data set"))
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        _fsync_dir(path.parent)
+
+    def quarantine(self, data: bytes, reason: str) -> Path | None:
+        """Keep a refused data set with a ``.txt`` reason beside it; None if that fails too."""
+        stem = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{next(_counter)}"
+        target = self.quarantine_dir / f"{stem}.dcm"
+        try:
+            write_bytes_atomic(data, target)
+            write_bytes_atomic(
+                (reason + "\n").encode("utf-8", "replace"), target.with_suffix(".txt")
+            )
+        except OSError as exc:
+            level = (
+                logging.ERROR if exc.errno not in (errno.ENOSPC, errno.EDQUOT) else logging.WARNING
+            )
+            logger.log(level, "could not quarantine a refused data set: %s", exc)
+            return None
+        return target
+
+    def series(self) -> Iterator[tuple[str, str, list[Path]]]:
+        """Every spooled series as (study UID, series UID, instance paths), for a restart."""
+        if not self.root.is_dir():
+            return
+        for study in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            for series in sorted(p for p in study.iterdir() if p.is_dir()):
+                paths = sorted(series.glob("*.dcm"))
+                if paths:
+                    yield study.name, series.name, paths

@@ -1,0 +1,138 @@
+"""Series processing in worker processes, one fresh process per series.
+
+A :class:`~concurrent.futures.ProcessPoolExecutor` with the ``spawn`` start method and
+``max_tasks_per_child=1``: torch's threads and caches stay one series' business, a crash takes
+one series with it, and no association thread ever waits for training. A shared event asks the
+running series to stop (the pipeline's ``cancel`` check); so does the node process dying.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from dicom_sr.config import PipelineConfig
+from dicom_sr.errors import Cancelled, describe
+
+__all__ = ["LOG_FORMAT", "WorkerPool", "run_series_job"]
+
+logger = logging.getLogger(__name__)
+
+#: One line per record, with time and level, whether or not there is a terminal.
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s"
+
+_stop: Any = None
+_parent: int | None = None
+
+
+def _init_worker(stop_event: Any, parent_pid: int, log_level: int) -> None:
+    """Worker start: signals are the node's business; log lines like the node's."""
+    global _stop, _parent
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _stop, _parent = stop_event, parent_pid
+    logging.basicConfig(level=log_level, format=LOG_FORMAT, force=True)
+    logging.getLogger("pynetdicom").setLevel(max(log_level, logging.WARNING))
+
+
+def _cancelled() -> bool:
+    """The node asked us to stop, or the node is gone (a SIGKILL leaves us orphaned)."""
+    if _stop is not None and _stop.is_set():
+        return True
+    return _parent is not None and os.getppid() != _parent
+
+
+def run_series_job(
+    key: str, paths: list[str], config: PipelineConfig, out_dir: str, revision: int
+) -> dict[str, Any]:
+    """In the worker: discover ``paths`` (one series) and run the pipeline on it.
+
+    Returns the series result's :meth:`~dicom_sr.pipeline.SeriesResult.to_dict`, with
+    ``status`` "cancelled" when the node asked to stop; never raises.
+    """
+    from dicom_sr.dicom.discover import discover
+    from dicom_sr.pipeline import process_series
+
+    tag = key[-8:]
+    last = [0.0]
+
+    def progress(event) -> None:
+        now = time.monotonic()
+        if event.stage == "train" and now - last[0] >= 10.0:
+            last[0] = now
+            logger.info(
+                "series ..%s: training %d/%d", event.series_uid[-8:], event.done, event.total
+            )
+        elif event.stage == "frame" and now - last[0] >= 10.0:
+            last[0] = now
+            logger.info("series ..%s: frame %d/%d", event.series_uid[-8:], event.done, event.total)
+
+    try:
+        found = discover(paths, max_pixels=config.output.max_pixels)
+        if len(found.series) != 1:
+            why = "; ".join(f"{s.path}: {s.reason}" for s in found.skipped) or "no series"
+            return {"status": "failed", "reason": f"{len(found.series)} series in the job: {why}"}
+        result = process_series(
+            found.series[0],
+            config,
+            Path(out_dir),
+            progress=progress,
+            cancel=_cancelled,
+            revision=revision,
+        )
+        out = result.to_dict()
+        if result.derived_series_uid != key:
+            out["status"] = "failed"
+            out["reason"] = f"derived series {result.derived_series_uid} is not the job's {key}"
+        return out
+    except Cancelled:
+        logger.info("derived ..%s: cancelled, back to the queue", tag)
+        return {"status": "cancelled", "reason": "cancelled"}
+    except Exception as exc:  # noqa: BLE001 - one series' failure, reported, never raised
+        logger.debug("derived ..%s failed", tag, exc_info=True)
+        return {"status": "failed", "reason": describe(exc)}
+
+
+class WorkerPool:
+    """``workers`` spawned processes, each running one series and exiting."""
+
+    def __init__(self, workers: int, log_level: int = logging.INFO) -> None:
+        self.workers = workers
+        self.log_level = log_level
+        self._ctx = multiprocessing.get_context("spawn")
+        self.stop_event = self._ctx.Event()
+        self._executor = self._new_executor()
+
+    def _new_executor(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=self._ctx,
+            max_tasks_per_child=1,
+            initializer=_init_worker,
+            initargs=(self.stop_event, os.getpid(), self.log_level),
+        )
+
+    def submit(
+        self, key: str, paths: list[str], config: PipelineConfig, out_dir: Path, revision: int
+    ) -> Future:
+        """Run one series job; the future's result is :func:`run_series_job`'s dict."""
+        return self._executor.submit(run_series_job, key, paths, config, str(out_dir), revision)
+
+    def restart(self) -> None:
+        """Replace a broken pool (a worker was killed) with a fresh one."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor = self._new_executor()
+
+    def cancel(self) -> None:
+        """Ask every running series to stop at its next check."""
+        self.stop_event.set()
+
+    def shutdown(self, wait: bool = True) -> None:
+        """No more work; wait for the running series (after :meth:`cancel`, they stop soon)."""
+        self._executor.shutdown(wait=wait, cancel_futures=True)
