@@ -6,20 +6,32 @@ class, the encoded pixels, the US regions rescaled, and the General Image module
 attributes (Image Type, Source Image Sequence, Derivation Description/Code, Contributing
 Equipment, Lossy Image Compression history) filled in. See ``docs/output.rst`` for what is
 removed and why.
+
+An input that cannot be derived (a required attribute missing, a copied attribute that does
+not parse or cannot be written back, regions that overflow when scaled) raises
+:class:`~dicom_sr.errors.InputError` naming the source file and the tag; a size mismatch
+between the encoded frames and the source is a caller's bug and stays a ``ValueError``.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import os
 from datetime import datetime, timezone
 
 import highdicom as hd
 from pydicom import DataElement, Dataset
+from pydicom.charset import convert_encodings
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element
 from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
+from pydicom.tag import Tag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
+from pydicom.valuerep import format_number_as_ds
 
 from dicom_sr.config import OutputConfig
 from dicom_sr.dicom import regions
@@ -30,6 +42,7 @@ from dicom_sr.dicom.provenance import (
     derivation_description,
     derived_uid,
 )
+from dicom_sr.errors import InputError, describe
 
 __all__ = ["Provenance", "derived_uid", "derive_dataset", "REMOVED_KEYWORDS"]
 
@@ -123,19 +136,23 @@ def derive_dataset(
     series_uid, sop_uid : str
         New Series and SOP Instance UIDs (see :func:`provenance.derived_uid`).
     """
-    where = f"source {source.get('SOPInstanceUID', '?')}"
+    where = _source_name(source)
     _check(source, encoded, scale, number_of_frames, where)
     now = datetime.now(timezone.utc)
 
     ds = Dataset()
-    for elem in source:
-        if elem.tag.is_private or elem.tag.group in range(0x5000, 0x5100, 2):
+    for tag in list(source.keys()):
+        if tag.is_private or tag.group in range(0x5000, 0x5100, 2):
             continue  # private tags: semantics unknown; 50xx curves (retired)
-        if 0x6000 <= elem.tag.group <= 0x601E and elem.tag.group % 2 == 0:
+        if 0x6000 <= tag.group <= 0x601E and tag.group % 2 == 0:
             continue  # overlays: drawn on the source grid, not the derived one
-        if elem.keyword in REMOVED_KEYWORDS:
-            continue
-        ds.add(copy.deepcopy(elem))
+        try:
+            elem = source[tag]
+            if elem.keyword in REMOVED_KEYWORDS:
+                continue
+            ds.add(copy.deepcopy(elem))
+        except Exception as exc:  # noqa: BLE001 - pydicom converts raw values lazily
+            raise InputError(where, f"{_tag(tag)} cannot be read: {describe(exc)}") from None
     ds.remove_private_tags()  # also inside sequences
     for keyword in PALETTE_KEYWORDS:
         ds.pop(keyword, None)
@@ -148,7 +165,8 @@ def derive_dataset(
     _set_pixels(ds, encoded)
     _set_lossy(ds, source, encoded, where)
     _set_derivation(ds, source, encoded, provenance, number_of_frames, now)
-    regions.scale_regions(ds, scale)
+    regions.scale_regions(ds, scale, path=where)
+    _check_writable(ds, where)
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
@@ -166,10 +184,50 @@ def _copy_dataset(item: Dataset) -> Dataset:
     return out
 
 
+def _source_name(source: Dataset) -> str:
+    """The source's file (pydicom records it when reading), else its SOP Instance UID."""
+    name = getattr(source, "filename", None)
+    if isinstance(name, str | os.PathLike) and str(name):
+        return str(name)
+    return f"source {source.get('SOPInstanceUID', '?')}"
+
+
+def _tag(tag) -> str:
+    """``Keyword (gggg,eeee)`` (or just the tag for private and unknown ones)."""
+    t = Tag(tag)
+    keyword = keyword_for_tag(t)
+    text = f"({t.group:04X},{t.element:04X})"
+    return f"{keyword} {text}" if keyword else text
+
+
+def _check_writable(ds: Dataset, where: str) -> None:
+    """Encode every attribute but the pixels once, so a value the source got wrong (a US
+    that overflows, a string in a number's VR) is an InputError naming it, not a failed write."""
+    try:
+        encodings = convert_encodings(ds.get("SpecificCharacterSet") or "ISO_IR 6")
+    except Exception:  # noqa: BLE001 - pydicom falls back itself; so do we
+        encodings = ["iso8859"]
+    for elem in ds:
+        if elem.tag == 0x7FE00010:
+            continue
+        fp = DicomBytesIO()
+        fp.is_little_endian, fp.is_implicit_VR = True, False
+        try:
+            write_data_element(fp, elem, encodings)
+        except Exception as exc:  # noqa: BLE001 - whatever pydicom refuses to encode
+            raise InputError(
+                where,
+                f"{_tag(elem.tag)} cannot be written in the derived instance: {describe(exc)}",
+                tag=_tag(elem.tag),
+            ) from None
+
+
 def _check(source: Dataset, encoded: EncodedPixels, scale: int, n: int, where: str) -> None:
     for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "Rows", "Columns"):
-        if keyword not in source:
-            raise ValueError(f"{where}: missing {keyword}, cannot derive an image from it")
+        if source.get(keyword) in (None, ""):
+            raise InputError(
+                where, f"missing {_tag(keyword)}, cannot derive an image from it", tag=_tag(keyword)
+            )
     want = (int(source.Rows) * scale, int(source.Columns) * scale)
     if (encoded.rows, encoded.columns) != want:
         raise ValueError(
@@ -180,7 +238,12 @@ def _check(source: Dataset, encoded: EncodedPixels, scale: int, n: int, where: s
         raise ValueError(
             f"{where}: {encoded.number_of_frames} frames encoded but number_of_frames={n}"
         )
-    src_frames = int(source.get("NumberOfFrames") or 1)
+    try:
+        src_frames = int(source.get("NumberOfFrames") or 1)
+    except (TypeError, ValueError):
+        raise InputError(
+            where, f"{_tag('NumberOfFrames')} is not an integer", tag=_tag("NumberOfFrames")
+        ) from None
     if not 1 <= n <= src_frames:
         raise ValueError(f"{where}: NumberOfFrames {src_frames}, cannot derive {n} frames")
 
@@ -194,6 +257,7 @@ def _set_identity(
     sop_uid: str,
     now: datetime,
 ) -> None:
+    source_where = _source_name(source)
     ds.SeriesInstanceUID = UID(series_uid)
     ds.SOPInstanceUID = UID(sop_uid)
     image_type = list(source.get("ImageType") or [])
@@ -202,8 +266,12 @@ def _set_identity(
     base = str(source.get("SeriesDescription") or "")
     base = base[: max(0, _SERIES_DESCRIPTION_MAX - len(suffix))]
     ds.SeriesDescription = (base + suffix).strip()[:_SERIES_DESCRIPTION_MAX]
-    number = source.get("SeriesNumber")
-    ds.SeriesNumber = min(_IS_MAX, int(number or 0) + output.series_number_offset)
+    try:
+        number = int(source.get("SeriesNumber") or 0)
+    except (TypeError, ValueError):
+        logger.warning("%s: SeriesNumber (0020,0011) is not an integer; 0 assumed", source_where)
+        number = 0
+    ds.SeriesNumber = max(-_IS_MAX, min(_IS_MAX, number + output.series_number_offset))
     local = now.astimezone()
     ds.InstanceCreationDate = local.strftime("%Y%m%d")
     ds.InstanceCreationTime = local.strftime("%H%M%S")
@@ -251,10 +319,20 @@ def _values(ds: Dataset, keyword: str) -> list:
 def _set_lossy(ds: Dataset, source: Dataset, enc: EncodedPixels, where: str) -> None:
     """Carry the lossy compression history over and add this output's step, if lossy.
 
-    Once 01 (lossy) an image and its derivatives stay 01 (PS3.3 C.7.6.1.1.5). A source stored
-    in a lossy transfer syntax is lossy even when its header does not say so.
+    Kept here: highdicom has no public helper for this (its ``Image`` copies the source's
+    values inline, without appending a new step). Once 01 (lossy) an image and its
+    derivatives stay 01 (PS3.3 C.7.6.1.1.5). A source stored in a lossy transfer syntax is
+    lossy even when its header does not say so.
     """
-    ratios = [float(v) for v in _values(source, "LossyImageCompressionRatio")]
+    try:
+        ratios = [float(v) for v in _values(source, "LossyImageCompressionRatio")]
+    except (TypeError, ValueError):
+        keyword = "LossyImageCompressionRatio"
+        raise InputError(
+            where,
+            f"{_tag(keyword)} is {source.get(keyword)!r}, expected numbers",
+            tag=_tag(keyword),
+        ) from None
     methods = [str(v) for v in _values(source, "LossyImageCompressionMethod")]
     meta = getattr(source, "file_meta", None)
     src_ts = str(getattr(meta, "TransferSyntaxUID", "") or "") if meta is not None else ""
@@ -284,8 +362,8 @@ def _set_lossy(ds: Dataset, source: Dataset, enc: EncodedPixels, where: str) -> 
 
 
 def _ds(value: float) -> str:
-    """Format a ratio as a Decimal String (at most 16 characters)."""
-    return f"{value:.6g}"[:16]
+    """Format a ratio as a Decimal String (at most 16 characters), pydicom's way."""
+    return format_number_as_ds(float(value))
 
 
 def _set_derivation(
