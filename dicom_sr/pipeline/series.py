@@ -15,21 +15,19 @@ from typing import Any
 from dicom_sr.config import PipelineConfig
 from dicom_sr.dicom import regions as us_regions
 from dicom_sr.dicom.derive import derive_dataset
-from dicom_sr.dicom.discover import Discovery, Instance, Series
+from dicom_sr.dicom.discover import Discovery, Instance, Series, discover
+from dicom_sr.dicom.encode import FrameEncoder
 from dicom_sr.dicom.frames import open_frames, to_pixels
-from dicom_sr.dicom.provenance import Provenance
-from dicom_sr.dicom.store import Manifest, instance_path
-from dicom_sr.engine import TrainedModel, pixel_identity
-from dicom_sr.errors import Cancelled, InputError, WriteError, describe
-from dicom_sr.pipeline._compat import (  # TEMPORARY until the store/discover work lands
-    FrameEncoder,
-    derived_series_uid,
-    derived_sop_uid,
-    discover,
+from dicom_sr.dicom.provenance import Provenance, derived_series_uid, derived_sop_uid
+from dicom_sr.dicom.store import (
+    Manifest,
+    instance_path,
     remove_stale_parts,
     series_lock,
     write_atomic,
 )
+from dicom_sr.engine import TrainedModel, pixel_identity
+from dicom_sr.errors import Cancelled, InputError, WriteError, describe
 from dicom_sr.pipeline.frames import (
     guard_text,
     make_provenance,
@@ -116,8 +114,8 @@ def _write_instance(
             )
             size = write_atomic(ds, path)
     seconds = time.perf_counter() - t0
-    Manifest(out_dir).record(
-        _manifest_entry(target, config, derived_series, provenance)
+    Manifest.shared(out_dir).record(
+        _manifest_entry(target, config, out_dir, derived_series, provenance)
         | {"status": "written", "frames": n, "bytes": size, "seconds": round(seconds, 3)}
     )
     logger.info(
@@ -127,12 +125,16 @@ def _write_instance(
 
 
 def _manifest_entry(
-    target: _Target, config: PipelineConfig, derived_series: str, provenance: Provenance
+    target: _Target,
+    config: PipelineConfig,
+    out_dir: Path,
+    derived_series: str,
+    provenance: Provenance,
 ) -> dict[str, Any]:
     return {
         "source": str(target.instance.path),
         "source_sop_uid": target.instance.sop_instance_uid,
-        "output": str(target.path),
+        "output": str(target.path.relative_to(out_dir)),
         "sop_uid": target.sop_uid,
         "series_uid": derived_series,
         "config_hash": provenance.config_hash,
@@ -233,7 +235,7 @@ def _pending(
 ) -> list[_Target]:
     """The instances still to write; those done are added to ``result`` as "done", those whose
     UIDs cannot name a file as "failed"."""
-    manifest = Manifest(out_dir)
+    manifest = Manifest.shared(out_dir)
     todo = []
     for inst in series.instances:
         sop_uid = derived_sop_uid(
@@ -324,14 +326,14 @@ def _fail(
     entry = {
         "source": str(target.instance.path),
         "source_sop_uid": target.instance.sop_instance_uid,
-        "output": str(target.path),
+        "output": str(target.path.relative_to(out_dir)),
         "series_uid": result.derived_series_uid,
         "config_hash": config.hash(),
         "status": "failed",
         "reason": reason,
     }
     try:
-        Manifest(out_dir).record(entry)
+        Manifest.shared(out_dir).record(entry)
     except OSError as exc:  # the disk that refused the output may refuse the record too
         logger.debug("manifest record of a failure not written: %s", exc)
 
