@@ -29,7 +29,8 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.sop_class import Verification, register_uid, uid_to_service_class
 
 from dicom_sr.dicom.discover import US_SOP_CLASSES
 from dicom_sr.errors import InputError, WriteError, describe
@@ -92,8 +93,23 @@ class ScpOptions:
     network_timeout: float = 60.0
 
 
+#: The retired US storage classes, which pynetdicom knows no service class for.
+_RETIRED_US = {
+    "1.2.840.10008.5.1.4.1.1.6": "UltrasoundImageStorageRetired",
+    "1.2.840.10008.5.1.4.1.1.3": "UltrasoundMultiFrameImageStorageRetired",
+}
+
+
+def _register_retired_us() -> None:
+    """Bind the retired US classes to pynetdicom's Storage service (once per process)."""
+    for uid, keyword in _RETIRED_US.items():
+        if uid_to_service_class(uid) is not StorageServiceClass:
+            register_uid(uid, keyword, StorageServiceClass)
+
+
 def make_ae(options: ScpOptions) -> AE:
     """An AE offering Verification and US storage in :data:`TRANSFER_SYNTAXES`, nothing else."""
+    _register_retired_us()
     ae = AE(ae_title=options.ae_title)
     ae.add_supported_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     for sop_class in sorted(US_SOP_CLASSES):

@@ -18,12 +18,14 @@ import logging
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.uid import UID
 
 from dicom_sr.dicom.discover import Skipped, inspect_file
@@ -33,6 +35,7 @@ __all__ = [
     "Received",
     "SopClassMismatch",
     "Spool",
+    "parse",
     "valid_uid",
     "write_bytes_atomic",
 ]
@@ -64,6 +67,45 @@ def valid_uid(value: object, keyword: str, source: str) -> str:
         tag = f"{keyword} ({pydicom.datadict.tag_for_keyword(keyword):08X})"
         raise InputError(source, f"{tag} is {text[:80]!r}, not a valid UID", tag=tag)
     return text
+
+
+#: pydicom warnings that mean the byte stream is not what its transfer syntax says.
+_MALFORMED = ("End of file", "Expected explicit VR", "Expected implicit VR")
+_UNDEFINED = 0xFFFFFFFF
+
+
+def parse(data: bytes, source: str) -> pydicom.Dataset:
+    """Parse a Part 10 byte stream strictly; :class:`InputError` "cannot be parsed" otherwise.
+
+    pydicom reads leniently (a value cut short is read as what is there), so its warnings of a
+    malformed stream and every top-level element's declared length are checked too.
+    """
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = pydicom.dcmread(BytesIO(data))
+            elements = list(ds.elements())
+        bad = [str(w.message) for w in caught if str(w.message).startswith(_MALFORMED)]
+        if bad:
+            raise InputError(source, f"data set cannot be parsed: {bad[0]}")
+        for elem in elements:
+            if isinstance(elem, RawDataElement) and elem.length != _UNDEFINED:
+                got = len(elem.value or b"")
+                if got != elem.length:
+                    tag = f"({elem.tag.group:04X},{elem.tag.element:04X})"
+                    raise InputError(
+                        source,
+                        f"data set cannot be parsed: {tag} declares {elem.length} bytes, "
+                        f"{got} present",
+                        tag=tag,
+                    )
+        for _ in ds:  # convert every top-level value now, not in the middle of later work
+            pass
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any parse failure means "cannot understand"
+        raise InputError(source, f"data set cannot be parsed: {exc}") from None
+    return ds
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -116,12 +158,7 @@ class Spool:
         WriteError
             The spool could not be written (``disk_full`` set for ENOSPC/EDQUOT).
         """
-        try:
-            ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True)
-            for _ in ds:  # values are parsed lazily: parse every header element now
-                pass
-        except Exception as exc:  # noqa: BLE001 - any parse failure means "cannot understand"
-            raise InputError(source, f"data set cannot be parsed: {exc}") from None
+        ds = parse(data, source)
         sop_class = valid_uid(ds.get("SOPClassUID"), "SOPClassUID", source)
         sop_uid = valid_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID", source)
         if sop_class != str(sop_class_uid).strip():

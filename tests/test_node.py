@@ -1,0 +1,268 @@
+"""The node's parts: the SCP handler with a real pynetdicom peer, spool, assembly, forwarding."""
+
+from __future__ import annotations
+
+import errno
+import json
+import socket
+import urllib.request
+from io import BytesIO
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pydicom
+import pytest
+from conftest import us_file
+from pydicom.filebase import DicomBytesIO
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, _config, evt
+from pynetdicom.sop_class import CTImageStorage, UltrasoundImageStorage, Verification
+
+from dicom_sr.dicom.discover import US_SOP_CLASSES
+from dicom_sr.node.assembly import Assembly
+from dicom_sr.node.forward import Destination, parse_destination, retry_delay, send_instances
+from dicom_sr.node.health import HealthServer, Metrics
+from dicom_sr.node.scp import (
+    STATUS_CANNOT_UNDERSTAND,
+    STATUS_OUT_OF_RESOURCES,
+    STATUS_SOP_CLASS_MISMATCH,
+    STATUS_UNUSABLE,
+    ScpOptions,
+    StoreHandler,
+    make_ae,
+)
+from dicom_sr.node.spool import Spool
+
+US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"
+
+
+@pytest.fixture
+def scp(tmp_path):
+    """A US storage SCP (the node's handler and spool) on 127.0.0.1, allowing GOODSCU only."""
+    spool = Spool(tmp_path / "node")
+    received = []
+    ae = make_ae(ScpOptions(ae_title="DICOMSR", allow_ae=("GOODSCU",)))
+    handler = StoreHandler(spool, received.append)
+    server = ae.start_server(
+        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, handler)]
+    )
+    yield SimpleNamespace(port=server.server_address[1], spool=spool, received=received)
+    server.shutdown()
+
+
+def _associate(port: int, calling: str = "GOODSCU", contexts=None):
+    ae = AE(ae_title=calling)
+    for sop_class in contexts or (*sorted(US_SOP_CLASSES), Verification):
+        ae.add_requested_context(sop_class, [ExplicitVRLittleEndian])
+    return ae.associate("127.0.0.1", port, ae_title="DICOMSR")
+
+
+def _send_raw(port: int, path: Path) -> int:
+    """C-STORE a Part 10 file byte for byte (its File Meta names the SOP class and UID)."""
+    old = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True  # sent from the file, never parsed by the SCU
+    try:
+        assoc = _associate(port)
+        assert assoc.is_established
+        status = assoc.send_c_store(path)
+        assoc.release()
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = old
+    return status.Status
+
+
+def _raw_file(tmp_path: Path, body: bytes, sop_class=UltrasoundImageStorage) -> Path:
+    """A file with valid File Meta and ``body`` as its data set."""
+    meta = pydicom.dataset.FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    buf = BytesIO()
+    buf.write(b"\0" * 128 + b"DICM")
+    pydicom.filewriter.write_file_meta_info(buf, meta)
+    path = tmp_path / f"raw-{meta.MediaStorageSOPInstanceUID}.dcm"
+    path.write_bytes(buf.getvalue() + body)
+    return path
+
+
+def _explicit_little(ds: pydicom.Dataset, path: Path) -> Path:
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _encode(ds: pydicom.Dataset) -> bytes:
+    """The data set alone, explicit VR little endian (no File Meta)."""
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, False
+    pydicom.filewriter.write_dataset(buf, ds)
+    return buf.getvalue()
+
+
+@pytest.mark.network
+def test_store_is_spooled_and_reads_back_and_a_duplicate_is_idempotent(scp):
+    source = us_file("color-px.dcm")
+    assoc = _associate(scp.port)
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0x0000
+    assert assoc.send_c_store(pydicom.dcmread(source)).Status == 0x0000
+    assert len(scp.received) == 1
+    got = scp.received[0]
+    mtime = got.path.stat().st_mtime_ns
+    assert assoc.send_c_store(pydicom.dcmread(source)).Status == 0x0000  # duplicate
+    assoc.release()
+    assert len(scp.received) == 1  # not a new arrival
+    assert got.path.stat().st_mtime_ns == mtime
+    ref = pydicom.dcmread(source)
+    back = pydicom.dcmread(got.path)
+    assert got.path == (
+        scp.spool.root / ref.StudyInstanceUID / ref.SeriesInstanceUID / f"{ref.SOPInstanceUID}.dcm"
+    )
+    np.testing.assert_array_equal(back.pixel_array, ref.pixel_array)
+    assert not list(got.path.parent.glob("*.part"))
+
+
+@pytest.mark.network
+def test_unparseable_data_set_is_refused_quarantined_and_the_node_goes_on(scp, tmp_path):
+    # a real data set cut in the middle of its Pixel Data value
+    body = _encode(pydicom.dcmread(us_file("color-px.dcm")))[:-1000]
+    assert _send_raw(scp.port, _raw_file(tmp_path, body)) == STATUS_CANNOT_UNDERSTAND
+    # bytes that are not an explicit VR stream at all
+    assert _send_raw(scp.port, _raw_file(tmp_path, b"garbage!" * 10)) == STATUS_CANNOT_UNDERSTAND
+    kept = sorted(scp.spool.quarantine_dir.glob("*.txt"))
+    assert len(kept) == 2
+    reasons = [p.read_text() for p in kept]
+    assert all("cannot be parsed" in r for r in reasons)
+    assert any("(7FE0,0010) declares" in r for r in reasons)
+    assert any(p.with_suffix(".dcm").read_bytes().endswith(body) for p in kept)
+    # the node goes on: a good instance right after is stored
+    assert _send_raw(scp.port, us_file("color-px.dcm")) == 0x0000
+    assert len(scp.received) == 1
+
+
+@pytest.mark.network
+def test_sop_class_mismatch_is_0xA900(scp, tmp_path):
+    ds = pydicom.dcmread(us_file("color-px.dcm"))
+    path = _raw_file(tmp_path, _encode(ds), sop_class=US_MULTIFRAME)  # the request's class
+    assert _send_raw(scp.port, path) == STATUS_SOP_CLASS_MISMATCH
+    assert not scp.received
+    reason = next(scp.spool.quarantine_dir.glob("*.txt")).read_text()
+    assert "SOPClassUID (00080016)" in reason
+
+
+@pytest.mark.network
+def test_truncated_pixels_and_bad_uids_are_refused_and_never_become_paths(scp, tmp_path):
+    ds = pydicom.dcmread(us_file("color-px.dcm"))
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+    truncated = _explicit_little(ds, tmp_path / "truncated.dcm")
+    assert _send_raw(scp.port, truncated) == STATUS_UNUSABLE
+
+    ds = pydicom.dcmread(us_file("color-px.dcm"))
+    ds.SeriesInstanceUID = "../../escape"
+    bad = _explicit_little(ds, tmp_path / "bad-uid.dcm")
+    assert _send_raw(scp.port, bad) == STATUS_UNUSABLE
+    reasons = " ".join(p.read_text() for p in scp.spool.quarantine_dir.glob("*.txt"))
+    assert "SeriesInstanceUID (0020000E)" in reasons and "truncated" in reasons
+    assert not scp.received
+    assert not (scp.spool.out_dir.parent / "escape").exists()
+    assert not list(scp.spool.root.rglob("*.dcm"))
+
+
+@pytest.mark.network
+def test_disk_full_is_0xA700(scp, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Spool, "_write_checked", full)
+    assert _send_raw(scp.port, us_file("color-px.dcm")) == STATUS_OUT_OF_RESOURCES
+    assert not scp.received
+
+
+@pytest.mark.network
+def test_calling_ae_not_allowed_is_rejected(scp):
+    assoc = _associate(scp.port, calling="INTRUDER")
+    assert assoc.is_rejected
+    assert not assoc.is_established
+
+
+@pytest.mark.network
+def test_other_sop_classes_are_refused_at_association(scp):
+    assoc = _associate(scp.port, contexts=(CTImageStorage, Verification))
+    assert assoc.is_established  # Verification is accepted ...
+    assert [c.abstract_syntax for c in assoc.accepted_contexts] == [Verification]
+    assert CTImageStorage in [c.abstract_syntax for c in assoc.rejected_contexts]
+    with pytest.raises(ValueError):  # ... CT storage has no accepted context
+        assoc.send_c_store(pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm")))
+    assoc.release()
+
+
+def test_assembly_waits_for_the_series_timeout():
+    now = [0.0]
+    asm = Assembly(10.0, clock=lambda: now[0])
+    asm.arrived("1.2", "1.2.3", Path("a.dcm"))
+    now[0] = 6.0
+    asm.arrived("1.2", "1.2.3", Path("b.dcm"))
+    now[0] = 8.0
+    asm.arrived("1.2", "1.2.4", Path("c.dcm"))
+    now[0] = 15.0
+    assert asm.due() == []  # 9 s since the last instance of 1.2.3
+    now[0] = 16.0
+    (due,) = asm.due()
+    assert (due.series_uid, due.paths) == ("1.2.3", {Path("a.dcm"), Path("b.dcm")})
+    assert asm.pending() == 1
+    now[0] = 18.0
+    assert [a.series_uid for a in asm.due()] == ["1.2.4"]
+    assert asm.due() == [] and asm.pending() == 0
+
+
+def test_destination_and_back_off():
+    assert parse_destination("PACS@10.0.0.2:104") == Destination("PACS", "10.0.0.2", 104)
+    for bad in ("PACS@host", "@host:104", "THIS_TITLE_IS_TOO_LONG@h:104", "P@h:0"):
+        with pytest.raises(ValueError, match="AE@HOST:PORT"):
+            parse_destination(bad)
+    assert [retry_delay(n, base=5, cap=60) for n in (1, 2, 3, 4, 5)] == [5, 10, 20, 40, 60]
+
+
+@pytest.mark.network
+def test_forward_sends_to_a_real_scp_and_skips_what_was_acknowledged(scp, tmp_path):
+    files = []
+    for k in range(2):
+        ds = pydicom.dcmread(us_file("color-px.dcm"))
+        ds.SOPInstanceUID = generate_uid()
+        ds.InstanceNumber = k + 1
+        files.append(_explicit_little(ds, tmp_path / f"{k}.dcm"))
+    dest = Destination("DICOMSR", "127.0.0.1", scp.port)
+    first = pydicom.dcmread(files[0]).SOPInstanceUID
+    sent = send_instances(files, dest, calling_ae="GOODSCU", already_sent=[first])
+    assert sent == [pydicom.dcmread(files[1]).SOPInstanceUID]
+    assert [r.sop_uid for r in scp.received] == sent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.network
+def test_health_and_metrics_over_http():
+    metrics = Metrics()
+    metrics.instances_received.inc(3)
+    state = {"status": "ok", "jobs": {"queued": 1}}
+    server = HealthServer("127.0.0.1", 0, metrics, lambda: state)
+    server.start()
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        with urllib.request.urlopen(f"{base}/health", timeout=5) as r:
+            assert r.status == 200 and json.load(r)["jobs"] == {"queued": 1}
+        with urllib.request.urlopen(f"{base}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        assert "dicomsr_instances_received_total 3.0" in text
+        assert "dicomsr_queue_depth" in text and "dicomsr_processing_seconds_bucket" in text
+        state["status"] = "stopping"
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"{base}/health", timeout=5)
+        assert err.value.code == 503
+    finally:
+        server.stop()
