@@ -263,6 +263,32 @@ class JobStore:
                 )
         return self.get(key)  # type: ignore[return-value]
 
+    def add_many(self, jobs: Iterable[dict[str, Any]], *, kind: Kind) -> dict[str, str]:
+        """:meth:`add` for many jobs in one transaction (a batch plan); returns key -> state.
+
+        Each dict holds ``key``, ``study_uid``, ``source_series_uid``, ``config_hash``, and
+        optionally ``paths``, ``frames``, ``revision``, ``state``.
+        """
+        now = time.time()
+        states: dict[str, str] = {}
+        with self.transaction() as db:
+            for j in jobs:
+                state = j.get("state", "queued")
+                _check_state(state)
+                db.execute(
+                    "INSERT INTO jobs (key, kind, state, study_uid, source_series_uid, config_hash,"
+                    " revision, paths, frames, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+                    " ON CONFLICT(key) DO UPDATE SET paths = excluded.paths,"
+                    " frames = excluded.frames, updated = excluded.updated",
+                    (j["key"], kind, state, j["study_uid"], j["source_series_uid"],
+                     j["config_hash"], j.get("revision", 0),
+                     json.dumps(sorted({str(p) for p in j.get("paths", ())})),
+                     j.get("frames", 0), now, now),
+                )  # fmt: skip
+                row = db.execute("SELECT state FROM jobs WHERE key = ?", (j["key"],)).fetchone()
+                states[j["key"]] = row[0]
+        return states
+
     def add_paths(self, key: str, paths: Iterable[str | os.PathLike[str]]) -> None:
         """Add source files to a job (a node receiving more instances of a series)."""
         with self.transaction() as db:

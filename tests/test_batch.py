@@ -1,0 +1,265 @@
+"""``dicom-sr batch``: streaming plan, failures isolated, resumable after SIGKILL, Dask clusters.
+
+The pixels come from ``--method bicubic`` (no training), so the tests are about the batch
+machinery: what is planned, what is retried, what is skipped, and what reaches the disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from conftest import us_file
+from pydicom.data import get_testdata_file
+from pydicom.encaps import encapsulate
+from pydicom.uid import generate_uid
+
+from dicom_sr.batch import plan as plan_mod
+from dicom_sr.batch.plan import plan_archive
+from dicom_sr.batch.runner import BatchOptions, run_batch
+from dicom_sr.config import load_pipeline
+from dicom_sr.jobs import JobStore
+
+distributed = pytest.importorskip("distributed")
+
+SINGLES = ["OBXXXX1A.dcm", "ExplVR_BigEnd.dcm", "color-pl.dcm", "gdcm-US-ALOKA-16.dcm"]
+RESUME = ["OBXXXX1A.dcm", "color-pl.dcm"]  # fast ones, before the cine
+
+
+def _config(method: str = "bicubic"):
+    return load_pipeline("bmode-default", {"engine.method": method, "engine.threads": 1})
+
+
+def _copy(names, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copy(us_file(name), folder / name)
+
+
+def _last_cine(folder: Path) -> Path:
+    """The 30-frame SonoSite cine in a study whose UID sorts last: planned and run last."""
+    ds = pydicom.dcmread(us_file("examples_ybr_color.dcm"))
+    ds.StudyInstanceUID = "2.25.9" + "9" * 30
+    path = folder / "cine.dcm"
+    ds.save_as(path)
+    return path
+
+
+def _undecodable(folder: Path) -> Path:
+    """A valid header whose JPEG Lossless data cannot be decoded: fails at processing time."""
+    ds = pydicom.dcmread(us_file("JPGLosslessP14SV1_1s_1f_8b.dcm"))
+    noise = np.random.default_rng(0).integers(0, 255, 3000, dtype=np.uint8).tobytes()
+    ds.PixelData = encapsulate([b"\xff\xd8" + noise + b"\xff\xd9"])
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    path = folder / "undecodable.dcm"
+    ds.save_as(path)
+    return path
+
+
+def _outputs(out: Path) -> dict[str, bytes]:
+    """Derived files under ``out`` (relative path -> pixel data)."""
+    files = sorted(p for p in out.rglob("*.dcm"))
+    return {str(p.relative_to(out)): pydicom.dcmread(p).PixelData for p in files}
+
+
+def _written(out: Path) -> dict[str, int]:
+    """How many times the manifest says each output was written."""
+    counts: dict[str, int] = {}
+    for line in (out / "manifest.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        if entry.get("status") == "written":
+            counts[entry["output"]] = counts.get(entry["output"], 0) + 1
+    return counts
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A distributed LocalCluster of two worker processes, started by the test."""
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as c:
+        yield c
+
+
+# -- planning (no cluster) --------------------------------------------------------------------
+
+
+def test_plan_streams_resumes_and_keys_by_pipeline(tmp_path, monkeypatch):
+    archive = tmp_path / "archive"
+    _copy(SINGLES + ["OBXXXX1A_rle.dcm"], archive)  # the RLE copy repeats OBXXXX1A's UID
+    (archive / "notes.txt").write_text("not DICOM")
+    store = JobStore(tmp_path / "out")
+    monkeypatch.setattr(plan_mod, "COMMIT_EVERY", 2)
+
+    def crash(n):
+        if n == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        plan_archive([archive], _config(), store, on_file=crash)
+    plan = plan_archive([archive], _config(), store)
+    assert plan.files == 6 and plan.inspected == 3  # the 3 committed before the crash not re-read
+    assert len(plan.series) == 4 and plan.skipped == 2
+    reasons = {Path(s["path"]).name: s["reason"] for s in plan.skipped_files(store)}
+    assert reasons["notes.txt"].startswith("not a DICOM file")
+    assert "same SOP Instance UID" in reasons["OBXXXX1A_rle.dcm"]
+    again = plan_archive([archive], _config("ibp"), store)  # another pipeline: new keys
+    assert not {s.key for s in again.series} & {s.key for s in plan.series}
+    assert len(store.jobs(kind="batch")) == 8
+
+
+# -- a cluster started by the test -------------------------------------------------------------
+
+
+def test_batch_completes_valid_series_and_reports_the_rest(tmp_path, cluster):
+    archive = tmp_path / "archive"
+    _copy(SINGLES[:2], archive)
+    _undecodable(archive)
+    shutil.copy(get_testdata_file("CT_small.dcm"), archive / "ct.dcm")
+    (archive / "junk.dcm").write_bytes(b"\0" * 200)
+    raw = us_file("US1_UNCR.dcm").read_bytes()
+    (archive / "truncated.dcm").write_bytes(raw[: len(raw) // 2])
+    out = tmp_path / "out"
+    options = BatchOptions(scheduler=cluster.scheduler_address, retries=1)
+    report = run_batch([archive], _config(), out, options)
+
+    assert report["series"] == {
+        "usable": 3, "already_done": 0, "this_run": 3, "done": 2, "failed": 1, "unfinished": 0,
+    }  # fmt: skip
+    (failure,) = report["failures"]
+    assert failure["attempts"] == 2 and "cannot decode frame 0" in failure["error"]
+    assert "undecodable.dcm" in failure["error"]
+    skipped = {Path(s["path"]).name for s in report["skipped"]}
+    assert skipped == {"ct.dcm", "junk.dcm", "truncated.dcm"}
+    assert json.loads((out / "batch-report.json").read_text())["series"]["failed"] == 1
+    for name in SINGLES[:2]:  # each valid source has its derived file, twice the size
+        src = pydicom.dcmread(archive / name, stop_before_pixels=True)
+        (derived,) = [
+            p
+            for p in out.rglob("*.dcm")
+            if pydicom.dcmread(p, stop_before_pixels=True)
+            .SourceImageSequence[0]
+            .ReferencedSOPInstanceUID
+            == src.SOPInstanceUID
+        ]
+        ds = pydicom.dcmread(derived)
+        assert (ds.Rows, ds.Columns) == (2 * src.Rows, 2 * src.Columns)
+        assert ds.pixel_array.std() > 0
+
+
+def test_worker_killed_mid_series_is_retried(tmp_path, cluster):
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    _last_cine(archive)
+    out = tmp_path / "out"
+    options = BatchOptions(scheduler=cluster.scheduler_address, retries=2, lease_seconds=6)
+    box: dict = {}
+    runner = threading.Thread(
+        target=lambda: box.update(run_batch([archive], _config(), out, options))
+    )
+    runner.start()
+    store = JobStore(out)
+    deadline = time.monotonic() + 120
+    victim = None
+    while victim is None and time.monotonic() < deadline:
+        running = [j for j in store.jobs(state="processing")] if store.path.exists() else []
+        if running and running[0].lease_owner:
+            time.sleep(1.0)  # well inside the series
+            victim = int(running[0].lease_owner.split(":")[1])
+        time.sleep(0.05)
+    assert victim is not None, "the series never started"
+    os.kill(victim, signal.SIGKILL)
+    runner.join(300)
+    assert box["series"]["done"] == 1 and box["series"]["failed"] == 0
+    (job,) = store.jobs()
+    assert job.state == "done" and job.attempts == 2
+    assert job.result["pid"] != victim
+    (derived,) = out.rglob("*.dcm")
+    assert pydicom.dcmread(derived).NumberOfFrames == 30
+    assert not list(out.rglob("*.part"))
+
+
+# -- the command, killed and restarted; then the same on a cluster ------------------------------
+
+
+def _batch_cmd(archive: Path, out: Path, *extra: str) -> list[str]:
+    code = "import sys; from dicom_sr.cli import main; sys.exit(main())"
+    return [sys.executable, "-c", code, "batch", str(archive), "--out", str(out),
+            "--method", "bicubic", *extra]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def killed_and_restarted(tmp_path_factory):
+    """``dicom-sr batch`` SIGKILLed (with its workers) while the last series runs, then rerun."""
+    root = tmp_path_factory.mktemp("resume")
+    archive = root / "archive"
+    _copy(RESUME, archive)
+    _last_cine(archive)
+    out = root / "out"
+    proc = subprocess.Popen(
+        _batch_cmd(archive, out, "--workers", "1"),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    store_path = out / "jobs.sqlite3"
+    deadline = time.monotonic() + 180
+    before = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        if store_path.exists():
+            jobs = JobStore(out).jobs()
+            cine = [j for j in jobs if j.frames == 30]
+            if cine and cine[0].state == "processing":
+                time.sleep(1.0)
+                before = {j.key: (j.state, j.attempts) for j in JobStore(out).jobs()}
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+        time.sleep(0.05)
+    proc.wait(30)
+    assert before is not None, "the batch ended before it could be killed"
+    done_before = {k for k, (state, _) in before.items() if state == "done"}
+    written_before = _written(out)
+    rerun = subprocess.run(
+        _batch_cmd(archive, out, "--workers", "1", "--json"), capture_output=True, text=True
+    )
+    return archive, out, done_before, written_before, rerun
+
+
+def test_killed_batch_resumes_without_redoing_done_series(killed_and_restarted):
+    archive, out, done_before, written_before, rerun = killed_and_restarted
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    report = json.loads(rerun.stdout)
+    assert done_before  # the kill came half way: some series done, the cine running
+    assert report["series"]["already_done"] == len(done_before)
+    assert report["series"]["this_run"] == report["series"]["done"] == 3 - len(done_before)
+    jobs = {j.key: j for j in JobStore(out).jobs()}
+    assert all(jobs[k].attempts == 1 for k in done_before)  # never started again
+    assert jobs.keys() - done_before and all(j.state == "done" for j in jobs.values())
+    written = _written(out)
+    assert all(n == 1 for n in written.values())  # no output written twice
+    assert set(written_before) < set(written)
+    assert len(_outputs(out)) == len(RESUME) + 1
+    assert not list(out.rglob("*.part"))
+
+
+def test_cluster_run_gives_identical_pixels(killed_and_restarted, cluster, tmp_path):
+    archive, out, *_ = killed_and_restarted
+    report = run_batch(
+        [archive], _config(), tmp_path / "out", BatchOptions(scheduler=cluster.scheduler_address)
+    )
+    assert report["series"]["done"] == len(RESUME) + 1
+    embedded, on_cluster = _outputs(out), _outputs(tmp_path / "out")
+    assert embedded.keys() == on_cluster.keys() and len(embedded) == len(RESUME) + 1
+    for name in embedded:
+        assert embedded[name] == on_cluster[name], name
