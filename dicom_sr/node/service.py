@@ -88,6 +88,7 @@ class Node:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._recover()
         self.pool = WorkerPool(self.options.workers, self.options.log_level)
+        self.pool.warm()
         ae = make_ae(self.options.scp)
         handler = StoreHandler(
             self.spool,

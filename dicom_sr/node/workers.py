@@ -39,6 +39,7 @@ def _init_worker(stop_event: Any, parent_pid: int, log_level: int) -> None:
     _stop, _parent = stop_event, parent_pid
     logging.basicConfig(level=log_level, format=LOG_FORMAT, force=True)
     logging.getLogger("pynetdicom").setLevel(max(log_level, logging.WARNING))
+    import dicom_sr.pipeline  # noqa: F401 - pay for torch's import while idle, not per series
 
 
 def _cancelled() -> bool:
@@ -118,6 +119,17 @@ class WorkerPool:
             initargs=(self.stop_event, os.getpid(), self.log_level),
         )
 
+    def warm(self) -> None:
+        """Start the worker processes now, so the first series does not wait for their imports.
+
+        The executor starts processes only on submit (and replaces each that exits right away);
+        this uses its own spawning method to start the first ones early.
+        """
+        spawn = getattr(self._executor, "_adjust_process_count", None)  # CPython 3.9+
+        if spawn is not None:
+            for _ in range(self.workers):
+                spawn()
+
     def submit(
         self, key: str, paths: list[str], config: PipelineConfig, out_dir: Path, revision: int
     ) -> Future:
@@ -128,6 +140,7 @@ class WorkerPool:
         """Replace a broken pool (a worker was killed) with a fresh one."""
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._executor = self._new_executor()
+        self.warm()
 
     def cancel(self) -> None:
         """Ask every running series to stop at its next check."""
