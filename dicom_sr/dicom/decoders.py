@@ -13,14 +13,20 @@ the colour and range handling, so every decoder only has to say what it produced
    Native (uncompressed) syntaxes have no plugin: ``pydicom:native``.
 2. ``simpleitk``: SimpleITK's GDCM ImageIO, for files the pydicom plugins cannot open.
    It reads the whole file (as integers, not floats) and then hands out frames;
-   GDCM returns RGB for YBR and PALETTE COLOR data.
+   GDCM returns RGB for YBR and PALETTE COLOR data. It runs in a child process: on
+   hostile data GDCM can kill its process (an RLE frame with no segments raises SIGFPE),
+   and a file must never end the run; a crash there is this file's decoding failure.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import struct
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +54,7 @@ __all__ = [
     "seek_pixel_data",
     "PixelElement",
     "check_frames",
+    "read_simpleitk",
 ]
 
 #: Transfer syntaxes GDCM (through SimpleITK) decodes: native, deflated, RLE, JPEG
@@ -71,6 +78,19 @@ GDCM_SYNTAXES: frozenset[str] = frozenset(
 )
 
 _UNDEFINED = 0xFFFFFFFF
+#: Seconds the SimpleITK child may take to read one file.
+SIMPLEITK_TIMEOUT = 600
+_SITK_SCRIPT = """
+import sys
+import numpy as np
+import SimpleITK as sitk
+reader = sitk.ImageFileReader()
+reader.SetImageIO("GDCMImageIO")
+reader.SetFileName(sys.argv[1])
+image = reader.Execute()
+np.save(sys.argv[2], sitk.GetArrayFromImage(image))
+print(image.GetNumberOfComponentsPerPixel())
+"""
 _NOF = "NumberOfFrames (0028,0008)"
 _PIXELS = "PixelData (7FE0,0010)"
 
@@ -97,11 +117,9 @@ def _pydicom_decoder(uid: str):
 
 
 def _have_simpleitk() -> bool:
-    try:
-        import SimpleITK  # noqa: F401
-    except ImportError:  # pragma: no cover - SimpleITK is a dependency
-        return False
-    return True
+    import importlib.util
+
+    return importlib.util.find_spec("SimpleITK") is not None
 
 
 def decoder_names(transfer_syntax_uid: str) -> list[str]:
@@ -354,15 +372,8 @@ class FrameSource:
 
     # SimpleITK ------------------------------------------------------------------------
     def _iter_simpleitk(self, indices: Sequence[int] | None) -> Iterator[DecodedFrame]:
-        import SimpleITK as sitk
-
         if self._sitk is None:
-            reader = sitk.ImageFileReader()
-            reader.SetImageIO("GDCMImageIO")
-            reader.SetFileName(str(self.path))
-            image = reader.Execute()
-            arr = sitk.GetArrayFromImage(image)
-            ncomp = image.GetNumberOfComponentsPerPixel()
+            arr, ncomp = read_simpleitk(self.path)
             if arr.ndim == (2 if ncomp == 1 else 3):
                 arr = arr[None]
             self._sitk = arr
@@ -373,6 +384,34 @@ class FrameSource:
             # GDCM applies palettes and YBR conversion; grey keeps the stored polarity
             photometric = "RGB" if self._sitk_rgb else self.grey_photometric
             yield DecodedFrame(frame, photometric)
+
+
+def read_simpleitk(path: Path, timeout: float = SIMPLEITK_TIMEOUT) -> tuple[np.ndarray, int]:
+    """The whole image as GDCM (SimpleITK) reads it, and its components per pixel.
+
+    Read in a child process, so that GDCM crashing on a hostile file (it can raise SIGFPE)
+    fails this file with a ``RuntimeError`` instead of ending the caller.
+    """
+    with tempfile.TemporaryDirectory(prefix="dicom-sr-sitk-") as tmp:
+        out = Path(tmp) / "pixels.npy"
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-c", _SITK_SCRIPT, str(path), str(out)],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"SimpleITK took more than {timeout:.0f} s") from None
+        if proc.returncode < 0:
+            name = signal.Signals(-proc.returncode).name
+            raise RuntimeError(f"GDCM (SimpleITK) crashed on this file ({name})")
+        if proc.returncode != 0:
+            lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
+            detail = next((ln for ln in reversed(lines) if "Error" in ln or "rror:" in ln), "")
+            raise RuntimeError(f"SimpleITK could not read it: {detail or 'no message'}"[:300])
+        return np.load(out), int(proc.stdout.split()[-1])
 
 
 def open_source(

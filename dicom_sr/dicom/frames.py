@@ -77,6 +77,8 @@ _RGB_TO_YCC = np.array(
 )
 _YCC_TO_RGB = np.linalg.inv(_RGB_TO_YCC)
 _YCC_OFFSET = np.array([0.0, 0.5, 0.5])
+#: pydicom's preamble before its plugins' messages: noise in a one-line reason.
+_ALL_FAILED = "Unable to decode as exceptions were raised by all available plugins: "
 
 
 class FrameDecodeError(InputError):
@@ -384,7 +386,8 @@ class FrameReader:
             except Exception as exc:  # noqa: BLE001 - try the next decoder, report all
                 frame = todo[pos] if pos < len(todo) else "?"
                 LOGGER.debug("%s: decoder %s failed at frame %s: %s", self.path, name, frame, exc)
-                errors.append(f"{name}: {exc}")
+                text = " ".join(str(exc).split())
+                errors.append(f"{name}: {text.replace(_ALL_FAILED, '') or type(exc).__name__}")
             finally:
                 source.close()
         if pos < len(todo):
