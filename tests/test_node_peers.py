@@ -3,7 +3,6 @@ storescp as the --forward destination): what a PACS administrator would check.""
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
@@ -241,5 +240,20 @@ def test_forward_destination_down_then_up_everything_arrives_once(tmp_path, peer
     got = dest.received()
     assert len(got) == 2
     check_derived(got, study)
+    first_series = got[0].SeriesInstanceUID
+
+    # one more instance of the processed series: a new, versioned derived series of all three
+    late = make_study(tmp_path / "late", 1)[0]
+    ds = pydicom.dcmread(late)
+    ds.SeriesInstanceUID = pydicom.dcmread(study[0]).SeriesInstanceUID
+    ds.InstanceNumber = 3
+    ds.save_as(late, enforce_file_format=True)
+    sent = run("storescu", "-aec", "DICOMSR", "127.0.0.1", str(node.port), str(late))
+    assert sent.returncode == 0, sent.stderr
+    wait_for(lambda: len(dest.received()) == 5, 60, "the revised series", node.log)
+    revised = [d for d in dest.received() if d.SeriesInstanceUID != first_series]
+    check_derived(revised, [*study, late])
+    assert all("rev 1" in d.SeriesDescription for d in revised)
+    assert sum(d.SeriesInstanceUID == first_series for d in dest.received()) == 2  # untouched
+    assert sorted(j.revision for j in node.jobs()) == [0, 1]
     assert node.stop() == 0
-    os.sync()
