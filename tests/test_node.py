@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import errno
 import json
+import shutil
 import socket
+import ssl
+import subprocess
 import urllib.request
 from io import BytesIO
 from pathlib import Path
@@ -31,6 +34,7 @@ from dicom_sr.node.scp import (
     ScpOptions,
     StoreHandler,
     make_ae,
+    server_ssl_context,
 )
 from dicom_sr.node.spool import Spool
 
@@ -266,3 +270,53 @@ def test_health_and_metrics_over_http():
         assert err.value.code == 503
     finally:
         server.stop()
+
+
+@pytest.fixture
+def tls_files(tmp_path):
+    """A self-signed certificate for 127.0.0.1 (openssl), used as the CA too."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    cert, key = tmp_path / "node.crt", tmp_path / "node.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.mark.network
+def test_tls_association_with_client_certificates(tmp_path, tls_files):
+    cert, key = tls_files
+    spool = Spool(tmp_path / "node")
+    received = []
+    ae = make_ae(ScpOptions())
+    server = ae.start_server(
+        ("127.0.0.1", 0),
+        block=False,
+        evt_handlers=[(evt.EVT_C_STORE, StoreHandler(spool, received.append))],
+        ssl_context=server_ssl_context(str(cert), str(key), str(cert)),
+    )
+    port = server.server_address[1]
+    try:
+        client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+        client.load_cert_chain(str(cert), str(key))
+        scu = AE(ae_title="GOODSCU")
+        for sop_class in sorted(US_SOP_CLASSES):
+            scu.add_requested_context(sop_class, [ExplicitVRLittleEndian])
+        assoc = scu.associate("127.0.0.1", port, ae_title="DICOMSR", tls_args=(client, "127.0.0.1"))
+        assert assoc.is_established
+        assert assoc.send_c_store(pydicom.dcmread(us_file("color-px.dcm"))).Status == 0x0000
+        assoc.release()
+        assert len(received) == 1
+        # without a client certificate the TLS handshake fails: no association
+        bare = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+        assoc = scu.associate("127.0.0.1", port, ae_title="DICOMSR", tls_args=(bare, "127.0.0.1"))
+        assert not assoc.is_established
+        # and a plain TCP peer gets nothing either
+        assoc = scu.associate("127.0.0.1", port, ae_title="DICOMSR")
+        assert not assoc.is_established
+    finally:
+        server.shutdown()
