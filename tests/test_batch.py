@@ -21,7 +21,7 @@ import pydicom
 import pytest
 from conftest import us_file
 from pydicom.data import get_testdata_file
-from pydicom.encaps import encapsulate
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import generate_uid
 
 from dicom_sr.batch import plan as plan_mod
@@ -33,6 +33,7 @@ from dicom_sr.jobs import JobStore
 distributed = pytest.importorskip("distributed")
 
 SINGLES = ["OBXXXX1A.dcm", "ExplVR_BigEnd.dcm", "color-pl.dcm", "gdcm-US-ALOKA-16.dcm"]
+CINE_FRAMES = 10
 RESUME = ["OBXXXX1A.dcm", "color-pl.dcm"]  # fast ones, before the cine
 
 
@@ -47,8 +48,11 @@ def _copy(names, folder: Path) -> None:
 
 
 def _last_cine(folder: Path) -> Path:
-    """The 30-frame SonoSite cine in a study whose UID sorts last: planned and run last."""
+    """The SonoSite cine cut to its first 10 frames, in a study whose UID sorts last."""
     ds = pydicom.dcmread(us_file("examples_ybr_color.dcm"))
+    frames = generate_frames(ds.PixelData, number_of_frames=ds.NumberOfFrames)
+    ds.PixelData = encapsulate([next(frames) for _ in range(CINE_FRAMES)])
+    ds.NumberOfFrames = CINE_FRAMES
     ds.StudyInstanceUID = "2.25.9" + "9" * 30
     path = folder / "cine.dcm"
     ds.save_as(path)
@@ -99,7 +103,7 @@ def test_plan_streams_resumes_and_keys_by_pipeline(tmp_path, monkeypatch):
     archive = tmp_path / "archive"
     _copy(SINGLES + ["OBXXXX1A_rle.dcm"], archive)  # the RLE copy repeats OBXXXX1A's UID
     (archive / "notes.txt").write_text("not DICOM")
-    store = JobStore(tmp_path / "out")
+    store = JobStore(archive / "out")  # inside the archive: never planned
     monkeypatch.setattr(plan_mod, "COMMIT_EVERY", 2)
 
     def crash(n):
@@ -186,7 +190,7 @@ def test_worker_killed_mid_series_is_retried(tmp_path, cluster):
     assert job.state == "done" and job.attempts == 2
     assert job.result["pid"] != victim
     (derived,) = out.rglob("*.dcm")
-    assert pydicom.dcmread(derived).NumberOfFrames == 30
+    assert pydicom.dcmread(derived).NumberOfFrames == CINE_FRAMES
     assert not list(out.rglob("*.part"))
 
 
@@ -219,7 +223,7 @@ def killed_and_restarted(tmp_path_factory):
     while time.monotonic() < deadline and proc.poll() is None:
         if store_path.exists():
             jobs = JobStore(out).jobs()
-            cine = [j for j in jobs if j.frames == 30]
+            cine = [j for j in jobs if j.frames == CINE_FRAMES]
             if cine and cine[0].state == "processing":
                 time.sleep(1.0)
                 before = {j.key: (j.state, j.attempts) for j in JobStore(out).jobs()}

@@ -89,8 +89,12 @@ class Plan:
         return [{"path": p, "reason": r} for p, r in rows]
 
 
-def walk(inputs: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
-    """Every file under ``inputs`` once, lazily, in a stable order (a DICOMDIR: its folder)."""
+def walk(
+    inputs: Iterable[str | os.PathLike[str]], exclude: Iterable[str | os.PathLike[str]] = ()
+) -> Iterator[Path]:
+    """Every file under ``inputs`` once, lazily, in a stable order (a DICOMDIR: its folder);
+    folders in ``exclude`` (the output folder inside the archive) are not entered."""
+    skip = {os.path.realpath(p) for p in exclude}
     seen: set[str] = set()
     for item in inputs:
         path = Path(item)
@@ -102,6 +106,9 @@ def walk(inputs: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
                 yield path
             continue
         for root, dirs, files in os.walk(path):
+            if os.path.realpath(root) in skip:
+                dirs[:] = []
+                continue
             dirs.sort()
             for name in sorted(files):
                 if name.upper() != "DICOMDIR":
@@ -123,7 +130,8 @@ def plan_archive(
     on_file: Callable[[int], None] | None = None,
 ) -> Plan:
     """Walk ``inputs``, stage each file's header row, group series in SQL, add one batch job
-    per series (done jobs stay done). Resumes a plan a crash interrupted."""
+    per series (done jobs stay done). Resumes a plan a crash interrupted; the output folder
+    is never planned, even inside the archive."""
     t0 = time.perf_counter()
     db = store.connect()
     db.executescript(_SCHEMA)
@@ -137,7 +145,7 @@ def plan_archive(
     pending = 0
     db.execute("BEGIN IMMEDIATE")
     try:
-        for path in walk(inputs):
+        for path in walk(inputs, exclude=[store.out_dir]):
             plan.files += 1
             if on_file is not None:
                 on_file(plan.files)
