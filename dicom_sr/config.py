@@ -247,13 +247,18 @@ def _validate(data: Mapping[str, Any], source: str) -> PipelineConfig:
 
 
 def pipelines_dir() -> Path:
-    """The named pipelines' folder: $DICOM_SR_PIPELINES, else ``pipelines/`` beside the package."""
+    """The named pipelines' folder: $DICOM_SR_PIPELINES, else the package's own
+    ``dicom_sr/pipelines`` (a wheel install), else ``pipelines/`` of the source checkout.
+
+    The package's folder comes first so that an unrelated top-level ``pipelines`` folder
+    beside an installed package (in site-packages) is never taken for ours.
+    """
     env = os.environ.get("DICOM_SR_PIPELINES")
     if env:
         return Path(env)
     here = Path(__file__).resolve().parent
-    for cand in (here.parent / "pipelines", here / "pipelines"):
-        if cand.is_dir():
+    for cand in (here / "pipelines", here.parent / "pipelines"):
+        if any(cand.glob("*.toml")):
             return cand
     return here.parent / "pipelines"
 
