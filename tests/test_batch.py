@@ -267,3 +267,28 @@ def test_cluster_run_gives_identical_pixels(killed_and_restarted, cluster, tmp_p
     assert embedded.keys() == on_cluster.keys() and len(embedded) == len(RESUME) + 1
     for name in embedded:
         assert embedded[name] == on_cluster[name], name
+
+
+def test_dry_run_plans_and_bad_options_exit_2(tmp_path):
+    from click.testing import CliRunner
+
+    from dicom_sr.cli import main
+
+    archive = tmp_path / "archive"
+    _copy(SINGLES[:2], archive)
+    out = tmp_path / "out"
+    runner = CliRunner()
+    res = runner.invoke(main, ["batch", str(archive), "--out", str(out), "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("would process") == 2 and "2 series to do" in res.output
+    assert JobStore(out).counts()["queued"] == 2 and not list(out.rglob("*.dcm"))
+    bad = ["batch", str(archive), "--out", str(out), "--scheduler", "tcp://127.0.0.1:1"]
+    assert runner.invoke(main, [*bad, "--workers", "2"]).exit_code == 2
+    assert (
+        runner.invoke(main, ["batch", str(archive), "--out", str(out), "--retries", "-1"]).exit_code
+        == 2
+    )
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = runner.invoke(main, ["batch", str(empty), "--out", str(out / "e")])
+    assert res.exit_code == 1 and "planned 0 series" in res.output

@@ -139,6 +139,8 @@ def _execute(todo, config, out, options, store, stats, info, progress) -> None:
             **kw,
         )
         client = Client(cluster)
+    if resources:
+        _check_gpu_workers(client)
     info["scheduler"] = client.scheduler.address
     info["dashboard"] = _dashboard(client)
     if info["dashboard"]:
@@ -237,6 +239,18 @@ def _count(stats: BatchStats, outcome: str, series, job) -> None:
     else:
         stats.failed += 1
     stats.frames_left = max(0, stats.frames_left - series.frames)
+
+
+def _check_gpu_workers(client) -> None:
+    """Warn when GPU tasks will wait for ever: no worker declares the GPU resource."""
+    workers = client.scheduler_info().get("workers", {})
+    if not any(w.get("resources", {}).get("GPU") for w in workers.values()):
+        logger.warning(
+            "GPU tasks need workers started with the resource GPU=1 (dask worker --resources"
+            " GPU=1, dask-cuda-worker --resources GPU=1, or --gpus-per-worker); %d workers"
+            " have none",
+            len(workers),
+        )
 
 
 def _dashboard(client) -> str | None:

@@ -71,7 +71,7 @@ def _run(paths, config, out_dir, key, owner, max_attempts, lease_seconds) -> dic
     base = {"key": key, "attempt": job.attempts, "owner": owner, "pid": os.getpid()}
     try:
         # torch threads follow engine.threads (the engine sets them in this worker process)
-        result = _process(paths, PipelineConfig.model_validate(config), out, lost.is_set)
+        result = _process(paths, PipelineConfig.model_validate(config), out, key, lost.is_set)
     except Cancelled as exc:
         store.release(key, owner, error=f"cancelled: {exc}")
         return {**base, "status": "busy", "state": "queued", "reason": str(exc)}
@@ -94,7 +94,9 @@ def _run(paths, config, out_dir, key, owner, max_attempts, lease_seconds) -> dic
     return {**result, "status": "failed"}
 
 
-def _process(paths: list[str], config: PipelineConfig, out: Path, cancel) -> dict[str, Any]:
+def _process(
+    paths: list[str], config: PipelineConfig, out: Path, key: str, cancel
+) -> dict[str, Any]:
     """Build the series from its files (headers only) and run the pipeline on it."""
     from dicom_sr.dicom.discover import discover
 
@@ -106,6 +108,13 @@ def _process(paths: list[str], config: PipelineConfig, out: Path, cancel) -> dic
         found.series.sort(key=lambda s: -len(s.instances))
     series = found.series[0]
     result = process_series(series, config, out, cancel=cancel).to_dict()
+    if result["derived_series_uid"] != key:  # e.g. --device auto: a GPU worker, a CPU client
+        logger.warning(
+            "series job %s was written as derived series %s: this worker's engine differs"
+            " from the planner's (set --device explicitly)",
+            key,
+            result["derived_series_uid"],
+        )
     if result["status"] == "partial":
         result["status"] = "failed"
     result["skipped"] = [{"path": s.path, "reason": s.reason} for s in found.skipped]

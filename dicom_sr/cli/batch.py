@@ -136,8 +136,12 @@ def batch(
         dry_run=dry_run,
     )
     show = not (quiet or as_json) and sys.stderr.isatty()
-    with _BarProgress() if show else _LogProgress(quiet or as_json) as progress:
-        report = run_batch(archive, config, out, options, progress=progress)
+    try:
+        with _BarProgress() if show else _LogProgress(quiet or as_json) as progress:
+            report = run_batch(archive, config, out, options, progress=progress)
+    except KeyboardInterrupt:
+        click.echo("interrupted: run the same command again to resume", err=True)
+        sys.exit(130)
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
     else:
