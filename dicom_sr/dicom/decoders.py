@@ -40,6 +40,7 @@ from pydicom.pixels import get_decoder
 from pydicom.pixels.utils import as_pixel_options, get_expected_length
 from pydicom.uid import UID
 
+from dicom_sr.dicom.reasons import shown
 from dicom_sr.errors import InputError
 
 LOGGER = logging.getLogger(__name__)
@@ -212,9 +213,18 @@ def check_frames(
         declared = None if raw in (None, "") else int(raw)
     except (TypeError, ValueError, OverflowError):
         raise InputError(
-            path, f"{_NOF} is {ds['NumberOfFrames'].value!r}, expected an integer", tag=_NOF
+            path, f"{_NOF} is {shown(ds['NumberOfFrames'].value)}, expected an integer", tag=_NOF
         ) from None
-    encapsulated = element is not None and element.length == _UNDEFINED
+    meta = getattr(ds, "file_meta", None)
+    tsyntax = UID(str(meta.get("TransferSyntaxUID", ""))) if meta is not None else UID("")
+    encapsulated = tsyntax.is_transfer_syntax and tsyntax.is_encapsulated
+    if element is not None and encapsulated != (element.length == _UNDEFINED):
+        if encapsulated:
+            problem = f"has a defined length under {tsyntax.name}, which needs encapsulated data"
+        else:
+            problem = f"has an undefined length (encapsulated) under {tsyntax.name}"
+        raise InputError(path, f"{_PIXELS} {problem}", tag=_PIXELS)
+    encapsulated = element is not None and encapsulated
     if element is not None and not encapsulated:
         size = os.fstat(file.fileno()).st_size if file is not None else element.length
         stored = max(0, min(element.length, size - element.value_offset))

@@ -23,13 +23,11 @@ from datetime import datetime, timezone
 import highdicom as hd
 from pydicom import DataElement, Dataset
 from pydicom.charset import convert_encodings
-from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element
 from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
-from pydicom.tag import Tag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 from pydicom.valuerep import format_number_as_ds
 
@@ -42,7 +40,8 @@ from dicom_sr.dicom.provenance import (
     derivation_description,
     derived_uid,
 )
-from dicom_sr.errors import InputError, describe
+from dicom_sr.dicom.reasons import brief, tag_name
+from dicom_sr.errors import InputError
 
 __all__ = ["Provenance", "derived_uid", "derive_dataset", "REMOVED_KEYWORDS"]
 
@@ -152,7 +151,7 @@ def derive_dataset(
                 continue
             ds.add(copy.deepcopy(elem))
         except Exception as exc:  # noqa: BLE001 - pydicom converts raw values lazily
-            raise InputError(where, f"{_tag(tag)} cannot be read: {describe(exc)}") from None
+            raise InputError(where, f"{tag_name(tag)} cannot be read: {brief(exc)}") from None
     ds.remove_private_tags()  # also inside sequences
     for keyword in PALETTE_KEYWORDS:
         ds.pop(keyword, None)
@@ -192,14 +191,6 @@ def _source_name(source: Dataset) -> str:
     return f"source {source.get('SOPInstanceUID', '?')}"
 
 
-def _tag(tag) -> str:
-    """``Keyword (gggg,eeee)`` (or just the tag for private and unknown ones)."""
-    t = Tag(tag)
-    keyword = keyword_for_tag(t)
-    text = f"({t.group:04X},{t.element:04X})"
-    return f"{keyword} {text}" if keyword else text
-
-
 def _check_writable(ds: Dataset, where: str) -> None:
     """Encode every attribute but the pixels once, so a value the source got wrong (a US
     that overflows, a string in a number's VR) is an InputError naming it, not a failed write."""
@@ -217,8 +208,8 @@ def _check_writable(ds: Dataset, where: str) -> None:
         except Exception as exc:  # noqa: BLE001 - whatever pydicom refuses to encode
             raise InputError(
                 where,
-                f"{_tag(elem.tag)} cannot be written in the derived instance: {describe(exc)}",
-                tag=_tag(elem.tag),
+                f"{tag_name(elem.tag)} cannot be written in the derived instance: {brief(exc)}",
+                tag=tag_name(elem.tag),
             ) from None
 
 
@@ -226,7 +217,9 @@ def _check(source: Dataset, encoded: EncodedPixels, scale: int, n: int, where: s
     for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "Rows", "Columns"):
         if source.get(keyword) in (None, ""):
             raise InputError(
-                where, f"missing {_tag(keyword)}, cannot derive an image from it", tag=_tag(keyword)
+                where,
+                f"missing {tag_name(keyword)}, cannot derive an image from it",
+                tag=tag_name(keyword),
             )
     want = (int(source.Rows) * scale, int(source.Columns) * scale)
     if (encoded.rows, encoded.columns) != want:
@@ -242,7 +235,7 @@ def _check(source: Dataset, encoded: EncodedPixels, scale: int, n: int, where: s
         src_frames = int(source.get("NumberOfFrames") or 1)
     except (TypeError, ValueError):
         raise InputError(
-            where, f"{_tag('NumberOfFrames')} is not an integer", tag=_tag("NumberOfFrames")
+            where, f"{tag_name('NumberOfFrames')} is not an integer", tag=tag_name("NumberOfFrames")
         ) from None
     if not 1 <= n <= src_frames:
         raise ValueError(f"{where}: NumberOfFrames {src_frames}, cannot derive {n} frames")
@@ -330,8 +323,8 @@ def _set_lossy(ds: Dataset, source: Dataset, enc: EncodedPixels, where: str) -> 
         keyword = "LossyImageCompressionRatio"
         raise InputError(
             where,
-            f"{_tag(keyword)} is {source.get(keyword)!r}, expected numbers",
-            tag=_tag(keyword),
+            f"{tag_name(keyword)} is {source.get(keyword)!r}, expected numbers",
+            tag=tag_name(keyword),
         ) from None
     methods = [str(v) for v in _values(source, "LossyImageCompressionMethod")]
     meta = getattr(source, "file_meta", None)

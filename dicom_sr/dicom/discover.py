@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
-from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
@@ -33,8 +32,9 @@ from pydicom.uid import UID
 from dicom_sr.dicom.decoders import check_frames, seek_pixel_data, undecodable_reason
 from dicom_sr.dicom.frames import palette_table
 from dicom_sr.dicom.provenance import MANUFACTURER
+from dicom_sr.dicom.reasons import brief, shown, tag_name
 from dicom_sr.dicom.regions import MAX_SCALE, check_scalable
-from dicom_sr.errors import InputError, describe
+from dicom_sr.errors import InputError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -291,7 +291,7 @@ def _dicomdir_records(dicomdir: Path) -> Iterator[tuple[Path, Skipped | None]]:
         ds = pydicom.dcmread(dicomdir)
         records = list(ds.get("DirectoryRecordSequence") or [])
     except Exception as exc:  # noqa: BLE001 - a DICOMDIR that does not parse is one skip
-        yield dicomdir, Skipped(str(dicomdir), f"DICOMDIR cannot be read: {describe(exc)}")
+        yield dicomdir, Skipped(str(dicomdir), f"DICOMDIR cannot be read: {brief(exc)}")
         return
     if "DirectoryRecordSequence" not in ds:
         tag = "DirectoryRecordSequence (0004,1220)"
@@ -303,7 +303,7 @@ def _dicomdir_records(dicomdir: Path) -> Iterator[tuple[Path, Skipped | None]]:
             value = record.get("ReferencedFileID")
         except Exception as exc:  # noqa: BLE001 - one unreadable record
             where = f"{dicomdir} record {k}"
-            yield dicomdir, Skipped(where, f"{tag} cannot be read: {describe(exc)}", tag)
+            yield dicomdir, Skipped(where, f"{tag} cannot be read: {brief(exc)}", tag)
             continue
         if value in (None, ""):
             continue  # a patient/study/series record: no file
@@ -347,17 +347,11 @@ def inspect(path: str | os.PathLike, *, max_pixels: int | None = None) -> Instan
         raise InputError(path, f"cannot read: {exc.strerror or exc}") from None
     except Exception as exc:  # noqa: BLE001 - a malformed file must not stop discovery
         LOGGER.debug("%s: unexpected error in inspection", path, exc_info=True)
-        raise InputError(path, f"unreadable DICOM header: {describe(exc)}") from None
-
-
-def _tag(keyword: str) -> str:
-    """``Keyword (gggg,eeee)`` for reasons."""
-    tag = tag_for_keyword(keyword) or 0
-    return f"{keyword} ({tag >> 16:04X},{tag & 0xFFFF:04X})"
+        raise InputError(path, f"unreadable DICOM header: {brief(exc)}") from None
 
 
 def _fail(path: Path, keyword: str, reason: str) -> InputError:
-    return InputError(path, reason, tag=_tag(keyword))
+    return InputError(path, reason, tag=tag_name(keyword))
 
 
 def _get(ds: Dataset, keyword: str, path: Path):
@@ -365,7 +359,7 @@ def _get(ds: Dataset, keyword: str, path: Path):
     try:
         value = ds.get(keyword)
     except Exception as exc:  # noqa: BLE001 - pydicom converts values lazily
-        raise _fail(path, keyword, f"{_tag(keyword)} cannot be read: {describe(exc)}") from None
+        raise _fail(path, keyword, f"{tag_name(keyword)} cannot be read: {brief(exc)}") from None
     return None if value is None or value == "" else value
 
 
@@ -374,24 +368,29 @@ def _int(ds: Dataset, keyword: str, path: Path, *, default: int | None = None) -
     if value is None:
         if default is not None:
             return default
-        raise _fail(path, keyword, f"missing {_tag(keyword)}")
+        raise _fail(path, keyword, f"missing {tag_name(keyword)}")
     try:
-        return int(value)
+        number = int(value)
+        if number != float(value):
+            raise ValueError("not a whole number")
     except (TypeError, ValueError, OverflowError):
-        raise _fail(path, keyword, f"{_tag(keyword)} is {value!r}, expected an integer") from None
+        raise _fail(
+            path, keyword, f"{tag_name(keyword)} is {shown(value)}, expected an integer"
+        ) from None
+    return number
 
 
 def _uid(ds: Dataset, keyword: str, path: Path) -> str:
     value = _get(ds, keyword, path)
     if value is None:
-        raise _fail(path, keyword, f"missing {_tag(keyword)}")
+        raise _fail(path, keyword, f"missing {tag_name(keyword)}")
     uid = UID(str(value))
     if not uid.is_valid:
-        shown = uid if len(uid) <= 80 else uid[:77] + "..."
         raise _fail(
             path,
             keyword,
-            f"{_tag(keyword)} {shown!r} is not a valid UID: expected at most 64 characters, "
+            f"{tag_name(keyword)} {shown(str(uid), 72)} is not a valid UID: "
+            "expected at most 64 characters, "
             "digits and dots",
         )
     return str(uid)
@@ -413,10 +412,12 @@ def _transfer_syntax(path: Path) -> UID:
     tsyntax = meta.get("TransferSyntaxUID")
     keyword = "TransferSyntaxUID"
     if not tsyntax:
-        raise _fail(path, keyword, f"no {_tag(keyword)} in the file meta")
+        raise _fail(path, keyword, f"no {tag_name(keyword)} in the file meta")
     uid = UID(str(tsyntax).strip())
     if not uid.is_transfer_syntax:
-        raise _fail(path, keyword, f"{_tag(keyword)} {str(uid)[:64]!r} is not a transfer syntax")
+        raise _fail(
+            path, keyword, f"{tag_name(keyword)} {str(uid)[:64]!r} is not a transfer syntax"
+        )
     if (reason := undecodable_reason(uid)) is not None:
         raise _fail(path, keyword, reason)
     return uid
@@ -426,6 +427,8 @@ def _check_class(ds: Dataset, path: Path) -> str:
     """The SOP class, if it is ultrasound (or secondary capture of Modality US)."""
     sop_class = _uid(ds, "SOPClassUID", path)
     modality = str(_get(ds, "Modality", path) or "").strip()
+    if not modality.isprintable() or len(modality) > 16:
+        modality = shown(modality, 24)
     if sop_class.startswith(_SC_PREFIX) and modality == "US":
         return sop_class
     if sop_class not in US_SOP_CLASSES:
@@ -452,7 +455,7 @@ def _check_image(ds: Dataset, path: Path) -> tuple[int, int, str]:
     photometric = str(_get(ds, "PhotometricInterpretation", path) or "").strip()
     if not photometric:
         raise _fail(
-            path, "PhotometricInterpretation", f"missing {_tag('PhotometricInterpretation')}"
+            path, "PhotometricInterpretation", f"missing {tag_name('PhotometricInterpretation')}"
         )
     samples = _int(ds, "SamplesPerPixel", path)
     want = 3 if photometric.startswith("YBR") else _SAMPLES.get(photometric)
@@ -460,14 +463,14 @@ def _check_image(ds: Dataset, path: Path) -> tuple[int, int, str]:
         raise _fail(
             path,
             "PhotometricInterpretation",
-            f"{_tag('PhotometricInterpretation')} {photometric[:32]!r} is not supported: "
+            f"{tag_name('PhotometricInterpretation')} {photometric[:32]!r} is not supported: "
             "expected MONOCHROME1/2, RGB, YBR_* or PALETTE COLOR",
         )
     if samples != want:
         raise _fail(
             path,
             "SamplesPerPixel",
-            f"{_tag('SamplesPerPixel')} is {samples}, {photometric} needs {want}",
+            f"{tag_name('SamplesPerPixel')} is {samples}, {photometric} needs {want}",
         )
     allocated = _int(ds, "BitsAllocated", path)
     stored = _int(ds, "BitsStored", path, default=allocated)
@@ -475,7 +478,8 @@ def _check_image(ds: Dataset, path: Path) -> tuple[int, int, str]:
         raise _fail(
             path,
             "BitsAllocated",
-            f"{_tag('BitsAllocated')} {allocated}, {_tag('BitsStored')} {stored}: expected 8 or "
+            f"{tag_name('BitsAllocated')} {allocated}, {tag_name('BitsStored')} {stored}: "
+            "expected 8 or "
             "16 bits allocated and 1 <= BitsStored <= BitsAllocated",
         )
     if photometric == "PALETTE COLOR":
@@ -495,7 +499,19 @@ def _inspect(path: Path, f, max_pixels: int | None) -> Instance:
         else:
             f.seek(0)
             ds = pydicom.dcmread(f, stop_before_pixels=True)
+    try:
+        return _describe(path, f, ds, uid, element, max_pixels)
+    except InputError as exc:
+        size = os.fstat(f.fileno()).st_size
+        if element is None and exc.reason.startswith(("missing ", "Modality absent")):
+            # a header cut short reads as a header without its later attributes: say so
+            reason = f"{exc.reason}; the file ends at byte {size} with no Pixel Data: truncated?"
+            raise InputError(path, reason, tag=exc.tag) from None
+        raise
 
+
+def _describe(path: Path, f, ds: Dataset, uid: UID, element, max_pixels: int | None) -> Instance:
+    """The checks of :func:`inspect` on a header already read."""
     if _derived_by_us(ds, path):
         raise _fail(
             path, "ContributingEquipmentSequence", "derived by dicom-sr; not processed again"

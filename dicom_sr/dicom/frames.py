@@ -39,14 +39,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pydicom
-from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut
 from pydicom.uid import UID
 
 from dicom_sr.dicom.decoders import DecodedFrame, decoder_names, open_source, undecodable_reason
-from dicom_sr.errors import InputError, describe
+from dicom_sr.dicom.reasons import brief, shown, tag_name
+from dicom_sr.errors import InputError
 
 if TYPE_CHECKING:
     from dicom_sr.dicom.discover import Instance
@@ -91,14 +91,8 @@ class FrameDecodeError(InputError):
         super().__init__(
             path,
             f"cannot decode frame {frame} ({name}, {transfer_syntax_uid}): {reason}",
-            tag=_tag("PixelData"),
+            tag=tag_name("PixelData"),
         )
-
-
-def _tag(keyword: str) -> str:
-    """``Keyword (gggg,eeee)`` for error messages."""
-    tag = tag_for_keyword(keyword) or 0
-    return f"{keyword} ({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
 @dataclass(frozen=True)
@@ -157,16 +151,17 @@ def _descriptor(ds: Dataset, colour: str, where: str) -> tuple[int, int, int]:
     if len(desc) != 3:
         raise InputError(
             where,
-            f"PALETTE COLOR needs {_tag(keyword)} with 3 values (entries, first, bits), "
-            f"found {value!r}",
-            tag=_tag(keyword),
+            f"PALETTE COLOR needs {tag_name(keyword)} with 3 values (entries, first, bits), "
+            f"found {shown(value)}",
+            tag=tag_name(keyword),
         )
     entries, first, bits = (desc[0] or 65536), desc[1], desc[2]
     if bits not in (8, 16) or not 0 <= first < 65536 or entries < 1:
         raise InputError(
             where,
-            f"{_tag(keyword)} is {desc}: expected entries 0..65535, first 0..65535, 8 or 16 bits",
-            tag=_tag(keyword),
+            f"{tag_name(keyword)} is {desc}: expected entries 0..65535, first 0..65535, "
+            "8 or 16 bits",
+            tag=tag_name(keyword),
         )
     return entries, first, bits
 
@@ -183,7 +178,7 @@ def palette_table(ds: Dataset, *, path: str | Path | None = None) -> tuple[np.nd
         raise InputError(
             where,
             f"PALETTE COLOR descriptors disagree: {descs} (PS3.3 C.7.6.3.1.5: identical expected)",
-            tag=_tag("GreenPaletteColorLookupTableDescriptor"),
+            tag=tag_name("GreenPaletteColorLookupTableDescriptor"),
         )
     entries, first, bits = descs["Red"]
     plain = [f"{c}PaletteColorLookupTableData" for c in ("Red", "Green", "Blue")]
@@ -199,10 +194,11 @@ def palette_table(ds: Dataset, *, path: str | Path | None = None) -> tuple[np.nd
             if size not in (1, 2):
                 raise InputError(
                     where,
-                    f"{_tag(keyword)} holds {len(data or b'')} bytes, expected {entries} "
-                    f"entries of 1 or 2 bytes as {_tag('RedPaletteColorLookupTableDescriptor')} "
+                    f"{tag_name(keyword)} holds {len(data or b'')} bytes, expected {entries} "
+                    "entries of 1 or 2 bytes as "
+                    f"{tag_name('RedPaletteColorLookupTableDescriptor')} "
                     "says",
-                    tag=_tag(keyword),
+                    tag=tag_name(keyword),
                 )
             dtype = np.dtype(f"{'>' if big else '<'}u{size}")
             chans.append(np.frombuffer(data, dtype=dtype, count=entries).astype(np.uint16))
@@ -214,17 +210,17 @@ def palette_table(ds: Dataset, *, path: str | Path | None = None) -> tuple[np.nd
         except Exception as exc:  # noqa: BLE001 - pydicom's segment parser, on hostile data
             raise InputError(
                 where,
-                f"{_tag(segmented[0])} cannot be expanded: {describe(exc)}",
-                tag=_tag(segmented[0]),
+                f"{tag_name(segmented[0])} cannot be expanded: {brief(exc)}",
+                tag=tag_name(segmented[0]),
             ) from None
         table = table.astype(np.uint16)
     else:
         absent = [kw for kw in plain if kw not in ds]
         raise InputError(
             where,
-            f"PALETTE COLOR without its lookup table: no {_tag(absent[0])} (nor the segmented "
+            f"PALETTE COLOR without its lookup table: no {tag_name(absent[0])} (nor the segmented "
             "tables); the three tables are needed to show the image",
-            tag=_tag(absent[0]),
+            tag=tag_name(absent[0]),
         )
     if bits > 8:
         if table.max() <= 255:
@@ -243,7 +239,7 @@ def read_header(path: str | Path) -> Dataset:
     except OSError as exc:
         raise InputError(path, f"cannot read: {exc.strerror or exc}") from None
     except Exception as exc:  # noqa: BLE001 - pydicom's many ways to fail on a bad header
-        raise InputError(path, f"unreadable DICOM header: {describe(exc)}") from None
+        raise InputError(path, f"unreadable DICOM header: {brief(exc)}") from None
 
 
 def _header_int(h: Dataset, keyword: str, path: Path, default: int | None = None) -> int:
@@ -257,7 +253,9 @@ def _header_int(h: Dataset, keyword: str, path: Path, default: int | None = None
         return int(value)
     except (TypeError, ValueError, OverflowError) as exc:
         raise InputError(
-            path, f"{_tag(keyword)} is unusable ({exc}), expected an integer", tag=_tag(keyword)
+            path,
+            f"{tag_name(keyword)} is unusable ({exc}), expected an integer",
+            tag=tag_name(keyword),
         ) from None
 
 
@@ -296,8 +294,8 @@ class FrameReader:
         if frames < 1:
             raise InputError(
                 self.path,
-                f"{_tag('NumberOfFrames')} is {frames}, expected 1 or more",
-                tag=_tag("NumberOfFrames"),
+                f"{tag_name('NumberOfFrames')} is {frames}, expected 1 or more",
+                tag=tag_name("NumberOfFrames"),
             )
         self.number_of_frames = int(frames)
         self.rows = _header_int(h, "Rows", self.path)
@@ -308,9 +306,9 @@ class FrameReader:
         if not 1 <= self.bits_stored <= allocated <= 16:
             raise InputError(
                 self.path,
-                f"{_tag('BitsStored')} {self.bits_stored} with {_tag('BitsAllocated')} "
+                f"{tag_name('BitsStored')} {self.bits_stored} with {tag_name('BitsAllocated')} "
                 f"{allocated}: expected 1 <= BitsStored <= BitsAllocated <= 16",
-                tag=_tag("BitsStored"),
+                tag=tag_name("BitsStored"),
             )
         self.signed = _header_int(h, "PixelRepresentation", self.path, default=0) == 1
         self.decoders_used: list[str] = []

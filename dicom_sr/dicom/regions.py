@@ -37,10 +37,10 @@ import logging
 import os
 from dataclasses import dataclass
 
-from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.valuerep import DSfloat
 
+from dicom_sr.dicom.reasons import shown, tag_name
 from dicom_sr.errors import InputError
 
 LOGGER = logging.getLogger(__name__)
@@ -72,12 +72,6 @@ _BOUNDS = (
 )
 _UL_MAX = 2**32 - 1
 _SL_MIN, _SL_MAX = -(2**31), 2**31 - 1
-
-
-def _tag(keyword: str) -> str:
-    """``Keyword (gggg,eeee)`` for error messages."""
-    tag = tag_for_keyword(keyword) or 0
-    return f"{keyword} ({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
 def _where(ds: Dataset, path: str | os.PathLike[str] | None) -> str:
@@ -139,14 +133,15 @@ def _value(item: Dataset, keyword: str, kind: type, where: str, k: int, *, requi
         value = item.get(keyword)
     except Exception as exc:  # noqa: BLE001 - pydicom fails lazily on a malformed value
         raise InputError(
-            where, f"{_tag(keyword)} in region {k} cannot be read: {exc}", tag=_tag(keyword)
+            where, f"{tag_name(keyword)} in region {k} cannot be read: {exc}", tag=tag_name(keyword)
         ) from None
     if value is None or value == "":
         if required:
             raise InputError(
                 where,
-                f"{_SEQUENCE} item {k} has no {_tag(keyword)}: every region needs its four bounds",
-                tag=_tag(keyword),
+                f"{_SEQUENCE} item {k} has no {tag_name(keyword)}: "
+                "every region needs its four bounds",
+                tag=tag_name(keyword),
             )
         return None
     try:
@@ -156,8 +151,8 @@ def _value(item: Dataset, keyword: str, kind: type, where: str, k: int, *, requi
     except (TypeError, ValueError, OverflowError):
         raise InputError(
             where,
-            f"{_tag(keyword)} in region {k} is {value!r}, expected one {kind.__name__}",
-            tag=_tag(keyword),
+            f"{tag_name(keyword)} in region {k} is {shown(value)}, expected one {kind.__name__}",
+            tag=tag_name(keyword),
         ) from None
     return number
 
@@ -176,23 +171,23 @@ def read_regions(ds: Dataset, *, path: str | os.PathLike[str] | None = None) -> 
         items = list(ds[_SEQUENCE].value or [])
     except Exception as exc:  # noqa: BLE001 - a sequence that does not parse
         raise InputError(
-            where, f"{_tag(_SEQUENCE)} cannot be read: {exc}", tag=_tag(_SEQUENCE)
+            where, f"{tag_name(_SEQUENCE)} cannot be read: {exc}", tag=tag_name(_SEQUENCE)
         ) from None
     if not items:
         raise InputError(
-            where, f"{_tag(_SEQUENCE)} is present but has no items", tag=_tag(_SEQUENCE)
+            where, f"{tag_name(_SEQUENCE)} is present but has no items", tag=tag_name(_SEQUENCE)
         )
     regions = []
     for k, item in enumerate(items):
         if not isinstance(item, Dataset):
-            raise InputError(where, f"{_tag(_SEQUENCE)} item {k} is not a dataset")
+            raise InputError(where, f"{tag_name(_SEQUENCE)} item {k} is not a dataset")
         x0, y0, x1, y1 = (_value(item, kw, int, where, k, required=True) for kw in _BOUNDS)
         for lo, hi, kw in ((x0, x1, _BOUNDS[2]), (y0, y1, _BOUNDS[3])):
             if lo < 0 or hi < lo:
                 raise InputError(
                     where,
-                    f"region {k} spans {lo}..{hi} ({_tag(kw)}): expected 0 <= min <= max",
-                    tag=_tag(kw),
+                    f"region {k} spans {lo}..{hi} ({tag_name(kw)}): expected 0 <= min <= max",
+                    tag=tag_name(kw),
                 )
 
         def opt(keyword: str, kind: type, item=item, k=k):
@@ -237,8 +232,8 @@ def check_scalable(
             if scale * value + scale - 1 > _UL_MAX:
                 raise InputError(
                     where,
-                    f"{_tag(keyword)} {value} in region {k} overflows UL when scaled x{scale}",
-                    tag=_tag(keyword),
+                    f"{tag_name(keyword)} {value} in region {k} overflows UL when scaled x{scale}",
+                    tag=tag_name(keyword),
                 )
         for keyword, value in (
             ("ReferencePixelX0", r.reference_x0),
@@ -247,8 +242,8 @@ def check_scalable(
             if value is not None and not _SL_MIN <= scale * value + (scale - 1) // 2 <= _SL_MAX:
                 raise InputError(
                     where,
-                    f"{_tag(keyword)} {value} in region {k} overflows SL when scaled x{scale}",
-                    tag=_tag(keyword),
+                    f"{tag_name(keyword)} {value} in region {k} overflows SL when scaled x{scale}",
+                    tag=tag_name(keyword),
                 )
     return regions
 
@@ -319,6 +314,6 @@ def scale_regions(ds: Dataset, scale: int, *, path: str | os.PathLike[str] | Non
             values = [float(v) / scale for v in spacing]
         except (TypeError, ValueError):
             raise InputError(
-                where, f"{_tag('PixelSpacing')} is {spacing!r}, expected two numbers"
+                where, f"{tag_name('PixelSpacing')} is {spacing!r}, expected two numbers"
             ) from None
         ds.PixelSpacing = [DSfloat(v, auto_format=True) for v in values]
