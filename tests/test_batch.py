@@ -121,6 +121,10 @@ def test_plan_streams_resumes_and_keys_by_pipeline(tmp_path, monkeypatch):
     again = plan_archive([archive], _config("ibp"), store)  # another pipeline: new keys
     assert not {s.key for s in again.series} & {s.key for s in plan.series}
     assert len(store.jobs(kind="batch")) == 8
+    (archive / "ExplVR_BigEnd.dcm").unlink()  # gone from the archive: gone from the plan
+    (archive / "notes.txt").write_text("changed, still not DICOM")  # changed: read again
+    later = plan_archive([archive], _config(), store)
+    assert (later.files, later.inspected, len(later.series), later.skipped) == (5, 1, 3, 2)
 
 
 # -- a cluster started by the test -------------------------------------------------------------

@@ -1,10 +1,11 @@
 """The streaming plan of ``dicom-sr batch``: archive files -> series -> jobs in the job store.
 
 The archive is walked lazily, one folder listing at a time; each file's header (no pixel data)
-is read once and its row written to a staging table (``plan_files``) of ``OUT/jobs.sqlite3``,
-committed every few hundred files. Series are then grouped in SQL, so no list of every header
-is ever held in memory, and a crash while planning resumes where it stopped: files already in
-the table are not read again.
+is read once (again only when its size or time stamp changed) and its row written to a staging
+table (``plan_files``) of ``OUT/jobs.sqlite3``, committed every few hundred files. Series are
+then grouped in SQL, so no list of every header is ever held in memory, and a crash while
+planning resumes where it stopped: files already in the table are not read again. Only the
+files seen by the latest walk are grouped (a file removed from the archive leaves the plan).
 
 Each series becomes one job keyed by its derived series UID (source series + the hash of what
 decides the pixels), so a re-run finds its done jobs and a changed pipeline makes new ones.
@@ -18,6 +19,7 @@ import logging
 import os
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +43,9 @@ CREATE TABLE IF NOT EXISTS plan_files (
     instance_number INTEGER,
     frames INTEGER NOT NULL DEFAULT 0,
     skipped TEXT,
+    size INTEGER,
+    mtime INTEGER,
+    seen TEXT,
     PRIMARY KEY (plan, path)
 );
 CREATE INDEX IF NOT EXISTS plan_files_sop ON plan_files (plan, sop_uid);
@@ -75,6 +80,7 @@ class Plan:
 
     plan_id: str
     config_hash: str
+    walk_id: str = ""
     series: list[PlannedSeries] = field(default_factory=list)
     files: int = 0
     inspected: int = 0
@@ -83,9 +89,9 @@ class Plan:
 
     def skipped_files(self, store: JobStore, limit: int | None = None) -> list[dict[str, str]]:
         """The files that are not processed, each with its reason (read back from the store)."""
-        sql = "SELECT path, skipped FROM plan_files WHERE plan = ? AND skipped IS NOT NULL"
-        sql += " ORDER BY path" + (f" LIMIT {int(limit)}" if limit else "")
-        rows = store.connect().execute(sql, (self.plan_id,)).fetchall()
+        sql = "SELECT path, skipped FROM plan_files WHERE plan = ? AND seen = ?"
+        sql += " AND skipped IS NOT NULL ORDER BY path" + (f" LIMIT {int(limit)}" if limit else "")
+        rows = store.connect().execute(sql, (self.plan_id, self.walk_id)).fetchall()
         return [{"path": p, "reason": r} for p, r in rows]
 
 
@@ -136,7 +142,7 @@ def plan_archive(
     db = store.connect()
     db.executescript(_SCHEMA)
     pid = plan_id_for(inputs)
-    plan = Plan(pid, identity_hash(config))
+    plan = Plan(pid, identity_hash(config), uuid.uuid4().hex)
     db.execute(
         "INSERT INTO plans (plan, inputs, updated) VALUES (?, ?, ?) ON CONFLICT(plan) DO UPDATE"
         " SET updated = excluded.updated",
@@ -149,14 +155,23 @@ def plan_archive(
             plan.files += 1
             if on_file is not None:
                 on_file(plan.files)
+            stamp = _stamp(path)
+            key = (pid, str(path))
             known = db.execute(
-                "SELECT 1 FROM plan_files WHERE plan = ? AND path = ?", (pid, str(path))
+                "SELECT size, mtime FROM plan_files WHERE plan = ? AND path = ?", key
             ).fetchone()
-            if known:
-                continue
-            _stage(db, pid, path, inspect_file(path, max_pixels=max_pixels))
-            plan.inspected += 1
             pending += 1
+            if known is not None and tuple(known) == stamp:  # planned before, unchanged
+                db.execute(
+                    "UPDATE plan_files SET seen = ? WHERE plan = ? AND path = ?",
+                    (plan.walk_id, *key),
+                )
+            else:
+                if known is not None:  # the file changed since: read it again
+                    db.execute("DELETE FROM plan_files WHERE plan = ? AND path = ?", key)
+                found = inspect_file(path, max_pixels=max_pixels)
+                _stage(db, pid, path, found, stamp, plan.walk_id)
+                plan.inspected += 1
             if pending >= COMMIT_EVERY:
                 db.execute("COMMIT")
                 db.execute("BEGIN IMMEDIATE")
@@ -168,9 +183,10 @@ def plan_archive(
             db.execute("COMMIT")  # keep what was inspected: the next run resumes from there
         raise
     plan.skipped = db.execute(
-        "SELECT COUNT(*) FROM plan_files WHERE plan = ? AND skipped IS NOT NULL", (pid,)
+        "SELECT COUNT(*) FROM plan_files WHERE plan = ? AND seen = ? AND skipped IS NOT NULL",
+        (pid, plan.walk_id),
     ).fetchone()[0]
-    plan.series = _add_jobs(store, pid, config, plan.config_hash)
+    plan.series = _add_jobs(store, pid, plan.walk_id, config, plan.config_hash)
     plan.seconds = time.perf_counter() - t0
     logger.info(
         "planned %d series from %d files (%d read now, %d skipped) in %.1f s",
@@ -183,13 +199,30 @@ def plan_archive(
     return plan
 
 
-def _stage(db: sqlite3.Connection, pid: str, path: Path, found: Instance | Skipped) -> None:
+def _stamp(path: Path) -> tuple[int, int]:
+    """(size, mtime in ns): a file whose stamp changed is read again at the next plan."""
+    try:
+        st = path.stat()
+    except OSError:
+        return (-1, -1)
+    return (st.st_size, st.st_mtime_ns)
+
+
+def _stage(
+    db: sqlite3.Connection,
+    pid: str,
+    path: Path,
+    found: Instance | Skipped,
+    stamp: tuple[int, int],
+    walk_id: str,
+) -> None:
     """One staging row: the header's UIDs, or the reason the file is skipped."""
     if isinstance(found, Skipped):
         logger.info("skipping %s: %s", found.path, found.reason)
         db.execute(
-            "INSERT INTO plan_files (plan, path, skipped) VALUES (?, ?, ?)",
-            (pid, str(path), found.reason),
+            "INSERT INTO plan_files (plan, path, skipped, size, mtime, seen)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (pid, str(path), found.reason, *stamp, walk_id),
         )
         return
     twin = db.execute(
@@ -199,7 +232,7 @@ def _stage(db: sqlite3.Connection, pid: str, path: Path, found: Instance | Skipp
     reason = f"same SOP Instance UID as {twin[0]}, already planned" if twin else None
     db.execute(
         "INSERT INTO plan_files (plan, path, study_uid, series_uid, sop_uid, instance_number,"
-        " frames, skipped) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        " frames, skipped, size, mtime, seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             pid,
             str(path),
@@ -209,19 +242,21 @@ def _stage(db: sqlite3.Connection, pid: str, path: Path, found: Instance | Skipp
             found.instance_number,
             found.number_of_frames,
             reason,
+            *stamp,
+            walk_id,
         ),
     )
 
 
 def _add_jobs(
-    store: JobStore, pid: str, config: PipelineConfig, config_hash: str
+    store: JobStore, pid: str, walk_id: str, config: PipelineConfig, config_hash: str
 ) -> list[PlannedSeries]:
     """Group the staged rows by series (in SQL) and add their jobs, a chunk at a time."""
     cursor = store.connect().execute(
         "SELECT study_uid, series_uid, json_group_array(path), SUM(frames) FROM"
-        " (SELECT * FROM plan_files WHERE plan = ? AND skipped IS NULL ORDER BY path)"
-        " GROUP BY study_uid, series_uid ORDER BY study_uid, series_uid",
-        (pid,),
+        " (SELECT * FROM plan_files WHERE plan = ? AND seen = ? AND skipped IS NULL"
+        " ORDER BY path) GROUP BY study_uid, series_uid ORDER BY study_uid, series_uid",
+        (pid, walk_id),
     )
     out: list[PlannedSeries] = []
     while rows := cursor.fetchmany(COMMIT_EVERY):
