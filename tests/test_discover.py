@@ -14,7 +14,8 @@ from pydicom.encaps import encapsulate, generate_frames
 from pydicom.fileset import FileSet
 from pydicom.uid import MPEG2MPML, DeflatedExplicitVRLittleEndian
 
-from dicom_sr.dicom.discover import Discovery, discover
+from dicom_sr.dicom.discover import Discovery, discover, inspect
+from dicom_sr.errors import InputError
 
 
 def _reason(found: Discovery, path: Path) -> str:
@@ -175,3 +176,120 @@ def test_deflated(tmp_path):
     found = discover([good, short])
     assert [i.path for s in found.series for i in s.instances] == [good]
     assert "truncated" in _reason(found, short)
+
+
+def _media(tmp_path: Path, names: list[str]) -> tuple[Path, list[Path]]:
+    """A DICOMDIR over copies of `names`; returns it and the referenced files, in record order."""
+    fs = FileSet()
+    for n in names:
+        fs.add(pydicom.dcmread(us_file(n)))
+    fs.write(tmp_path / "media")
+    dicomdir = tmp_path / "media" / "DICOMDIR"
+    ds = pydicom.dcmread(dicomdir)
+    refs = [
+        dicomdir.parent.joinpath(*r.ReferencedFileID)
+        for r in ds.DirectoryRecordSequence
+        if "ReferencedFileID" in r
+    ]
+    return dicomdir, refs
+
+
+def test_dicomdir_missing_file_is_a_counted_skip(tmp_path):
+    dicomdir, refs = _media(tmp_path, ["US1_UNCR.dcm", "examples_ybr_color.dcm"])
+    refs[0].unlink()
+    found = discover([dicomdir])
+    assert [i.path for s in found.series for i in s.instances] == [refs[1]]
+    assert "listed in DICOMDIR" in _reason(found, refs[0]) and "missing" in _reason(found, refs[0])
+
+
+def test_dicomdir_record_outside_its_root(tmp_path):
+    """pydicom's FileSet refuses the whole set; we skip the one record and read the others."""
+    dicomdir, refs = _media(tmp_path, ["US1_UNCR.dcm", "examples_ybr_color.dcm"])
+    ds = pydicom.dcmread(dicomdir)
+    record = next(r for r in ds.DirectoryRecordSequence if "ReferencedFileID" in r)
+    # same value length, so the record offsets of the DICOMDIR stay right
+    name = "OUTSIDE".ljust(len("\\".join(record.ReferencedFileID)) - 3, "0")
+    outside = tmp_path / name
+    shutil.copy(us_file("OBXXXX1A.dcm"), outside)
+    record.ReferencedFileID = ["..", name]
+    ds.save_as(dicomdir)
+    with pytest.raises(PermissionError, match="inside the DICOMDIR root"):
+        FileSet(pydicom.dcmread(dicomdir))  # pydicom refuses the whole set
+    found = discover([dicomdir])
+    assert [i.path for s in found.series for i in s.instances] == [refs[1]]
+    (bad,) = found.skipped
+    assert "outside the DICOMDIR's folder" in bad.reason and bad.tag.startswith("ReferencedFileID")
+    assert str(outside) not in bad.path
+
+
+def test_iter_inspected_is_lazy_and_excludes(tmp_path, monkeypatch):
+    from dicom_sr.dicom import discover as discover_module
+
+    for sub in ("a", "b", "out"):
+        (tmp_path / sub).mkdir()
+        shutil.copy(us_file("US1_UNCR.dcm"), tmp_path / sub / "x.dcm")
+    inspected: list[Path] = []
+    real = discover_module.inspect_file
+    monkeypatch.setattr(
+        discover_module, "inspect_file", lambda p, **kw: inspected.append(p) or real(p, **kw)
+    )
+    it = discover_module.iter_inspected([tmp_path], exclude=[tmp_path / "out"])
+    first = next(it)
+    assert first.path == tmp_path / "a" / "x.dcm" and inspected == [first.path]  # one at a time
+    assert [r.path for r in it] == [tmp_path / "b" / "x.dcm"]  # b: a duplicate UID is kept here
+    found = discover([tmp_path, tmp_path / "out" / "x.dcm"], exclude=[tmp_path / "out"])
+    assert "excluded folder" in _reason(found, tmp_path / "out" / "x.dcm")
+
+
+def _variant(tmp_path: Path, name: str, change) -> Path:
+    ds = pydicom.dcmread(us_file("examples_ybr_color.dcm"))
+    change(ds)
+    path = tmp_path / f"{name}.dcm"
+    ds.save_as(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "reason", "tag"),
+    [
+        (
+            lambda ds: setattr(ds, "Modality", "CT"),
+            "Modality CT (0008,0060) under Ultrasound",
+            "Modality",
+        ),
+        (
+            lambda ds: setattr(ds, "NumberOfFrames", 0),
+            "is 0, expected 1 or more; the Pixel Data holds 30",
+            "NumberOfFrames",
+        ),
+        (
+            lambda ds: ds.__delitem__("NumberOfFrames"),
+            "absent (one frame) but the PixelData (7FE0,0010) holds 30",
+            "NumberOfFrames",
+        ),
+        (
+            lambda ds: setattr(ds, "StudyInstanceUID", "1." + "2" * 70),
+            "not a valid UID",
+            "StudyInstanceUID",
+        ),
+        (
+            lambda ds: setattr(ds, "DerivationDescription", "Super-resolution x2 by dicom-sr 1.0"),
+            "derived by dicom-sr; not processed again",
+            "ContributingEquipmentSequence",
+        ),
+        (
+            lambda ds: ds.SequenceOfUltrasoundRegions[0].__delitem__("RegionLocationMaxY1"),
+            "has no RegionLocationMaxY1 (0018,601E)",
+            "RegionLocationMaxY1",
+        ),
+    ],
+    ids=["modality", "frames-0", "frames-absent", "uid", "own-output", "region"],
+)
+def test_unusable_headers_are_named_skips(tmp_path, change, reason, tag):
+    path = _variant(tmp_path, "bad", change)
+    found = discover([path])
+    assert found.series == []
+    (skip,) = found.skipped
+    assert reason in skip.reason and skip.tag.startswith(tag)
+    with pytest.raises(InputError, match="bad.dcm"):
+        inspect(path)

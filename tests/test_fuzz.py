@@ -539,7 +539,7 @@ def test_modality_reason_names_the_tag_and_class(tmp_path):
     _save(ds, tmp_path / "ct.dcm")
     found = discover([tmp_path])
     assert [s.reason for s in found.skipped] == [
-        "Modality CT (0008,0060) under US Image Storage: US expected"
+        "Modality CT (0008,0060) under Ultrasound Image Storage: US expected"
     ]
 
 
