@@ -127,6 +127,15 @@ class Job:
         d["result"] = json.loads(d["result"]) if d["result"] else None
         return cls(**d)
 
+    def lease_gone(self, now: float | None = None) -> bool:
+        """True when no live owner holds this job: no lease, an expired one, a dead owner."""
+        now = time.time() if now is None else now
+        return (
+            self.lease_expires is None
+            or self.lease_expires < now
+            or owner_is_dead(self.lease_owner)
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict of every column."""
         return {k: getattr(self, k) for k in _COLUMNS.split(", ")}
@@ -360,7 +369,7 @@ class JobStore:
         with self.transaction() as db:
             for row in db.execute(sql + " ORDER BY created, key", args).fetchall():
                 job = Job._from_row(row)
-                if job.state == "processing" and not _lease_gone(job, now):
+                if job.state == "processing" and not job.lease_gone(now):
                     continue
                 if job.state == "processing":
                     why = f"worker {job.lease_owner} died or stalled (attempt {job.attempts})"
@@ -410,9 +419,17 @@ class JobStore:
             )
             return cur.rowcount == 1
 
-    def requeue_unfinished(self, kind: str, *, failed: bool = False, force: bool = False) -> int:
+    def requeue_unfinished(
+        self,
+        kind: str,
+        *,
+        failed: bool = False,
+        force: bool = False,
+        keys: Iterable[str] | None = None,
+    ) -> int:
         """On start: processing jobs of ``kind`` whose lease expired or whose owner died go back
-        to queued (``force``: all of them); ``failed``: failed ones too, attempts reset."""
+        to queued (``force``: all of them); ``failed``: failed ones too, attempts reset.
+        ``keys`` limits the failed ones requeued to these (a batch's own plan)."""
         now = time.time()
         n = 0
         with self.transaction() as db:
@@ -420,7 +437,7 @@ class JobStore:
                 f"SELECT {_COLUMNS} FROM jobs WHERE kind = ? AND state = 'processing'", (kind,)
             ).fetchall()
             for job in map(Job._from_row, rows):
-                if force or _lease_gone(job, now):
+                if force or job.lease_gone(now):
                     db.execute(
                         "UPDATE jobs SET state = 'queued', lease_owner = NULL,"
                         " lease_expires = NULL, updated = ? WHERE key = ?",
@@ -428,12 +445,15 @@ class JobStore:
                     )
                     n += 1
             if failed:
-                cur = db.execute(
+                sql = (
                     "UPDATE jobs SET state = 'queued', attempts = 0, updated = ?"
-                    " WHERE kind = ? AND state = 'failed'",
-                    (now, kind),
+                    " WHERE kind = ? AND state = 'failed'"
                 )
-                n += cur.rowcount
+                if keys is None:
+                    n += db.execute(sql, (now, kind)).rowcount
+                else:
+                    for key in keys:
+                        n += db.execute(sql + " AND key = ?", (now, kind, key)).rowcount
         return n
 
     # -- forwarding (node) -------------------------------------------------------------------
@@ -474,10 +494,6 @@ class _Transaction:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")
-
-
-def _lease_gone(job: Job, now: float) -> bool:
-    return job.lease_expires is None or job.lease_expires < now or owner_is_dead(job.lease_owner)
 
 
 def _check_state(state: str) -> None:

@@ -89,9 +89,9 @@ def run_batch(
     out = Path(out_dir)
     store = JobStore(out)
     plan = plan_archive(inputs, config, store)
-    if not options.dry_run:
-        store.requeue_unfinished("batch", failed=True)  # dead workers' series; re-run retries
     keys = {s.key for s in plan.series}
+    if not options.dry_run:  # dead workers' series, and this plan's failed ones: retried
+        store.requeue_unfinished("batch", failed=True, keys=keys)
     already = {j.key for j in store.jobs(state="done", kind="batch") if j.key in keys}
     todo = [s for s in plan.series if s.key not in already]
     if options.limit is not None:
@@ -173,7 +173,13 @@ def _execute(todo, config, out, options, store, stats, info, progress) -> None:
             now = time.monotonic()
             for due, key in [x for x in later if x[0] <= now]:
                 later.remove((due, key))
-                pending[submit(key)] = key
+                job = store.get(key)  # held by another live owner: look again, not resubmit
+                if job.state in ("done", "failed"):
+                    _count(stats, job.state, by_key[key], job)
+                elif job.state == "processing" and not job.lease_gone():
+                    later.append((now + options.lease_seconds / 3, key))
+                else:
+                    pending[submit(key)] = key
             if pending:
                 try:
                     finished = wait(
