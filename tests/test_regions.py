@@ -11,7 +11,8 @@ import pytest
 from conftest import US_FILES, us_file
 from pydicom.dataset import Dataset
 
-from dicom_sr.dicom.regions import read_regions, scale_regions, tissue_regions
+from dicom_sr.dicom.regions import check_scalable, read_regions, scale_regions, tissue_regions
+from dicom_sr.errors import InputError
 
 WITH_REFERENCE = ["OBXXXX1A.dcm", "gdcm-US-ALOKA-16.dcm", "examples_palette.dcm"]
 WITH_REGIONS = [*WITH_REFERENCE, "JPGLosslessP14SV1_1s_1f_8b.dcm", "examples_ybr_color.dcm"]
@@ -135,3 +136,47 @@ def test_pixel_spacing_and_source_untouched():
     assert src == before
     with pytest.raises(ValueError):
         scale_regions(ds, 0)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda ds: setattr(ds, "SequenceOfUltrasoundRegions", []), "has no items"),
+        (lambda ds: setattr(ds, "SequenceOfUltrasoundRegions", [Dataset()]), "has no Region"),
+        (
+            lambda ds: ds.SequenceOfUltrasoundRegions[0].__delitem__("RegionLocationMinY0"),
+            r"has no RegionLocationMinY0 \(0018,601A\)",
+        ),
+        (
+            lambda ds: setattr(ds.SequenceOfUltrasoundRegions[0], "RegionLocationMinX0", 900),
+            "expected 0 <= min <= max",
+        ),
+    ],
+    ids=["empty-sequence", "empty-item", "no-bound", "inverted"],
+)
+def test_unusable_regions_raise_input_error_naming_the_tag(change, message):
+    ds = _header("OBXXXX1A.dcm")
+    change(ds)
+    with pytest.raises(InputError, match=message) as info:
+        tissue_regions(ds, ds.Rows, ds.Columns)
+    assert info.value.path == ds.filename and "(0018," in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "vr"),
+    [
+        ("RegionLocationMaxX1", 2**31, "UL"),
+        ("ReferencePixelX0", 2**30, "SL"),
+        ("ReferencePixelY0", -(2**30) - 1, "SL"),
+    ],
+)
+def test_values_that_overflow_their_vr_when_scaled(keyword, value, vr):
+    ds = _header("OBXXXX1A.dcm")
+    setattr(ds.SequenceOfUltrasoundRegions[0], keyword, value)
+    assert check_scalable(ds, 1)  # fits as it is
+    before = copy.deepcopy(ds)
+    with pytest.raises(InputError, match=f"{keyword} .* overflows {vr} when scaled x2"):
+        scale_regions(ds, 2)
+    assert ds == before, "nothing changed when refused"
+    with pytest.raises(InputError, match=f"overflows {vr} when scaled x4"):
+        check_scalable(ds)  # inspection checks the largest scale
