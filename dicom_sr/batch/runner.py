@@ -139,6 +139,7 @@ def _execute(todo, config, out, options, store, stats, info, progress) -> None:
             **kw,
         )
         client = Client(cluster)
+    stats.started = time.monotonic()  # throughput and ETA from here, not the cluster start
     if resources:
         _check_gpu_workers(client)
     info["scheduler"] = client.scheduler.address

@@ -109,7 +109,7 @@ def batch(
     """
     _setup_logging(verbose, quiet or as_json)
     if verbose < 2:  # Dask's own INFO lines (nannies, workers) drown the progress lines
-        logging.getLogger("distributed").setLevel(logging.WARNING)
+        _quiet_dask()
     if scheduler and (workers or gpus_per_worker):
         raise click.UsageError("--workers and --gpus-per-worker size the embedded cluster only")
     overrides = _engine_overrides(scale, method, iterations, ensemble, device, seed, vgg19)
@@ -149,6 +149,16 @@ def batch(
     s = report["series"]
     ok = s["usable"] > 0 and s["failed"] == 0 and (dry_run or s["unfinished"] == 0)
     sys.exit(0 if ok else 1)
+
+
+def _quiet_dask() -> None:
+    """Dask's loggers at WARNING (set after its import, which configures them at INFO)."""
+    try:
+        import distributed  # noqa: F401
+    except ImportError:  # the runner says how to install it
+        return
+    for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.core"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _print_report(r: dict) -> None:

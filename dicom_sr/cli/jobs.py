@@ -42,7 +42,8 @@ def jobs(out_dir: str, as_json: bool, state: str | None, kind: str | None) -> No
     from rich.table import Table
 
     table = Table(title=f"{len(rows)} jobs in {store.path}")
-    for col in ("derived series", "kind", "state", "files", "frames", "attempts", "updated"):
+    table.add_column("derived series", overflow="fold")
+    for col in ("kind", "state", "files", "frames", "attempts", "updated"):
         table.add_column(col)
     table.add_column("error", overflow="fold")
     for j in rows:
