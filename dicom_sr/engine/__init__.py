@@ -3,7 +3,8 @@
 Public API (implemented in :mod:`dicom_sr.engine.api`)::
 
     fit(frames, config, *, init=None, iterations=None, lr=None, progress=None) -> TrainedModel
-    upscale(frame, model, config) -> np.ndarray
+    upscale(frame, model, config) -> np.ndarray   # ibp output when the guard said so
+    guard_decision(model) -> "model" | "ibp"      # model.info["guard"]: see engine.guard
     super_resolve(frame, config, progress=None) -> np.ndarray
     fit_cine(frames, config, progress=None) -> TrainedModel
     cine_frame_indices(n, k) -> list[int]
@@ -23,6 +24,7 @@ from dicom_sr.engine.api import (
     fit,
     fit_cine,
     get_method,
+    guard_decision,
     load_weights,
     pixel_identity,
     save_weights,
@@ -40,6 +42,7 @@ __all__ = [
     "fit",
     "fit_cine",
     "get_method",
+    "guard_decision",
     "load_weights",
     "pixel_identity",
     "save_weights",

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 
 from dicom_sr.config import EngineConfig
+from dicom_sr.engine.guard import hold_aside, judge
+from dicom_sr.engine.guard import skipped as guard_skipped
 from dicom_sr.engine.infer import back_project, self_ensemble
 from dicom_sr.engine.resize import upscale_bicubic
 
@@ -34,6 +36,7 @@ __all__ = [
     "fit",
     "finetune",
     "upscale",
+    "guard_decision",
     "super_resolve",
     "fit_cine",
     "cine_frame_indices",
@@ -188,6 +191,7 @@ def _fit_learned(name: str) -> Callable[..., TrainedModel]:
                     f"cannot warm-start a x{config.scale} model from a x{init.scale} model"
                 )
             init_state = init.generator_state
+        held = hold_aside(frames, config) if config.guard else None
         res = train(
             frames,
             config,
@@ -197,8 +201,13 @@ def _fit_learned(name: str) -> Callable[..., TrainedModel]:
             lr=lr,
             device=device,
             progress=progress,
+            strips=held.strips if held is not None else None,
         )
         state = {k: v.detach().to("cpu").clone() for k, v in res.generator_state.items()}
+        if held is None:
+            verdict = guard_skipped("guard off (engine.guard)")
+        else:
+            verdict = judge(_generator(config.scale, state), held, config, device)
         info = {
             "iterations": int(res.iterations),
             "final_lr": float(res.final_lr),
@@ -207,19 +216,31 @@ def _fit_learned(name: str) -> Callable[..., TrainedModel]:
             "history": _plain(res.history),
             "warm_start": init is not None,
             "frames": len(frames),
+            "guard": verdict,
         }
         return TrainedModel(name, config.scale, state, info)
 
     return fit_
 
 
-def _apply_learned(lr, model, config, device) -> torch.Tensor:
+def _generator(scale: int, state: dict[str, torch.Tensor]) -> torch.nn.Module:
     from dicom_sr.engine.nets import Generator
 
-    G = Generator(model.scale)
-    G.load_state_dict(model.generator_state)
-    G.eval()
-    return self_ensemble(G, lr, config, device)
+    G = Generator(scale)
+    G.load_state_dict(state)
+    return G.eval()
+
+
+def guard_decision(model: TrainedModel) -> str:
+    """``"ibp"`` when the guard found the model no better than ibp, else ``"model"``."""
+    verdict = (model.info or {}).get("guard")
+    return verdict.get("decision", "model") if isinstance(verdict, dict) else "model"
+
+
+def _apply_learned(lr, model, config, device) -> torch.Tensor:
+    if guard_decision(model) == "ibp":
+        return _apply_ibp(lr, model, config, device)
+    return self_ensemble(_generator(model.scale, model.generator_state), lr, config, device)
 
 
 #: The registry: method name -> :class:`Method`.

@@ -18,6 +18,7 @@ background around an ultrasound sector, which teach nothing, are drawn less ofte
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,9 +29,22 @@ import torch.nn.functional as nnf
 from dicom_sr.config import EngineConfig
 from dicom_sr.engine.resize import downscale, resize_bicubic
 
-__all__ = ["Fathers", "build_fathers", "sample_batch", "father_factors", "crop_weights"]
+__all__ = ["Strip", "Fathers", "build_fathers", "sample_batch", "father_factors", "crop_weights"]
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Strip:
+    """A band ``[start, stop)`` along ``axis`` (-1: columns, -2: rows) kept out of training."""
+
+    axis: int
+    start: int
+    stop: int
+
+    def scaled(self, fac: float) -> tuple[int, int]:
+        """The band in a copy of the frame resized by ``fac`` (widened to whole pixels)."""
+        return math.floor(self.start * fac), math.ceil(self.stop * fac)
 
 
 @dataclass
@@ -50,9 +64,16 @@ def father_factors(n: int) -> list[float]:
 
 
 def build_fathers(
-    frames: Sequence[np.ndarray], config: EngineConfig, device: torch.device
+    frames: Sequence[np.ndarray],
+    config: EngineConfig,
+    device: torch.device,
+    strips: Sequence[Strip | None] | None = None,
 ) -> Fathers:
-    """Pyramid of every frame; fathers smaller than the crop are left out."""
+    """Pyramid of every frame; fathers smaller than the crop are left out.
+
+    ``strips`` (one per frame, from :func:`dicom_sr.engine.guard.hold_aside`) are bands that no
+    crop may touch, in the frame or in its downscaled copies: the guard's held-aside pairs.
+    """
     if not frames:
         raise ValueError("training needs at least one frame")
     s = config.scale
@@ -64,7 +85,9 @@ def build_fathers(
     if crop < 2 * s:
         raise ValueError(f"frame of {smallest} px is too small to train at x{s}")
     images: list[torch.Tensor] = []
-    for frame in frames:
+    bands: list[tuple[Strip, float] | None] = []
+    for i, frame in enumerate(frames):
+        strip = strips[i] if strips is not None else None
         arr = np.asarray(frame, dtype=np.float32)
         if arr.ndim != 2:
             raise ValueError(f"expected a 2-D luminance frame, got shape {arr.shape}")
@@ -75,12 +98,34 @@ def build_fathers(
             if min(oh, ow) < crop:
                 continue
             images.append(t if fac == 1.0 else resize_bicubic(t, (oh, ow)).clamp_(0.0, 1.0))
-    area = torch.tensor([float(i.shape[-2] * i.shape[-1]) for i in images])
+            bands.append(None if strip is None else (strip, fac))
     logger.debug("%d fathers, crop %d px", len(images), crop)
     positions = None
     if config.crop_sampling == "content":
         positions = [crop_weights(img[0, 0], crop).cpu() for img in images]
+    elif any(b is not None for b in bands):
+        positions = [torch.ones(i.shape[-2] - crop + 1, i.shape[-1] - crop + 1) for i in images]
+    if positions is not None:
+        for pos, band in zip(positions, bands, strict=True):
+            if band is not None:
+                _exclude(pos, band[0], band[1], crop)
+        keep = [i for i, pos in enumerate(positions) if float(pos.sum()) > 0]
+        if not keep:
+            raise ValueError("no training crop left beside the guard's held-aside strip")
+        images = [images[i] for i in keep]
+        positions = [positions[i] for i in keep]
+    area = torch.tensor([float(i.shape[-2] * i.shape[-1]) for i in images])
     return Fathers(images=images, probs=area / area.sum(), crop=crop, positions=positions)
+
+
+def _exclude(positions: torch.Tensor, strip: Strip, fac: float, crop: int) -> None:
+    """Zero the weight of every crop position whose window touches ``strip`` (in place)."""
+    lo, hi = strip.scaled(fac)
+    first, last = max(0, lo - crop + 1), hi  # windows [p, p + crop) meeting [lo, hi)
+    if strip.axis == -1:
+        positions[:, first:last] = 0.0
+    else:
+        positions[first:last, :] = 0.0
 
 
 def crop_weights(image: torch.Tensor, crop: int, floor: float = 0.1) -> torch.Tensor:

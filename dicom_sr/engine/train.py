@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from dicom_sr.config import EngineConfig
-from dicom_sr.engine.fathers import build_fathers, sample_batch
+from dicom_sr.engine.fathers import Strip, build_fathers, sample_batch
 from dicom_sr.engine.losses import Networks, discriminator_loss, generator_losses
 from dicom_sr.engine.nets import (
     Degrader,
@@ -194,11 +194,13 @@ def train(
     lr: float | None = None,
     device: torch.device,
     progress: Callable[[int, int], None] | None = None,
+    strips: Sequence[Strip | None] | None = None,
 ) -> TrainResult:
     """Train ``G`` on ``frames`` (2-D float32 in [0, 1]) by self-supervision.
 
     ``iterations`` / ``lr`` override ``config.iterations`` / ``config.lr`` (fine-tuning);
-    ``init_state`` warm-starts ``G``. Deterministic for a given ``config.seed`` and device.
+    ``init_state`` warm-starts ``G``; ``strips`` (one per frame) are bands no training crop
+    touches (the guard's). Deterministic for a given ``config.seed`` and device.
     """
     if method not in ("cyclegan", "zssr"):
         raise ValueError(f"train: method must be 'cyclegan' or 'zssr', got {method!r}")
@@ -206,7 +208,7 @@ def train(
     total = config.iterations if iterations is None else iterations
     rate = config.lr if lr is None else lr
     gen = torch.Generator().manual_seed(config.seed)
-    fathers = build_fathers(frames, config, device)
+    fathers = build_fathers(frames, config, device, strips)
     eval_lr_hr = _eval_crops(frames, config.scale, device)
     eval_lr = downscale(eval_lr_hr, config.scale, config)
     nets, perceptual = _build(config, method, device, init_state)
