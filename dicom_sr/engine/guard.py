@@ -1,14 +1,15 @@
 """The guard: is the trained model better than ``ibp`` on pairs that training never saw?
 
-Before training, :func:`hold_aside` reserves one strip of every training frame (a band of
-up to ``config.crop_size`` pixels across the frame, at the edge with more texture; the same
-place in every frame of one shape, so the frames of a cine do not leak it to each other). The training fathers never draw a crop that touches the strip, in the frame
-or in any of its downscaled copies (:func:`dicom_sr.engine.fathers.build_fathers`). The strip
-and its half-size copy are cut into square HR crops; their sons are the crops degraded by the
+Before training, :func:`hold_aside` reserves one strip of every training frame: a band of up
+to ``config.crop_size`` pixels across the frame, at the edge with more texture, at the same
+place in every frame of one shape so that the frames of a cine do not leak it to each other.
+The training fathers never draw a crop that touches the strip, in the frame or in any of its
+downscaled copies (:func:`dicom_sr.engine.fathers.build_fathers`). The strip and its
+half-size copy are cut into square HR crops; their sons are the crops degraded by the
 configured kernel, exactly like the training pairs. After training, :func:`judge` runs the
-model's own inference path (self-ensemble and back projection, :func:`.infer.self_ensemble`) and
-``ibp`` on the ``config.guard_pairs`` most textured pairs and compares mean PSNR. When the model
-does not beat ``ibp`` by ``config.guard_margin_db``, the decision is ``"ibp"`` and
+model's own inference path (self-ensemble and back projection, :func:`.infer.self_ensemble`)
+and ``ibp`` on the ``config.guard_pairs`` most textured pairs and compares mean PSNR. When the
+model does not beat ``ibp`` by ``config.guard_margin_db``, the decision is ``"ibp"`` and
 :func:`dicom_sr.engine.api.upscale` returns the ``ibp`` output for that model.
 
 The learning-rate policy's fixed evaluation crops (:mod:`.train`) may overlap the strip: they
