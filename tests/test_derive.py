@@ -7,6 +7,7 @@ by dicom3tools' dciodvfy against the errors the source itself already has.
 
 from __future__ import annotations
 
+import copy
 import re
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 from conftest import us_file
 from pydicom import dcmread
 from pydicom.pixels import apply_color_lut
+from pydicom.valuerep import format_number_as_ds
 
 from dicom_sr import __version__
 from dicom_sr.config import OutputConfig
@@ -25,6 +27,7 @@ from dicom_sr.dicom.derive import Provenance, derive_dataset, derived_uid
 from dicom_sr.dicom.encode import COMPRESS_SYNTAX, FrameEncoder
 from dicom_sr.dicom.frames import PixelLayout
 from dicom_sr.dicom.store import output_path, write_atomic
+from dicom_sr.errors import InputError
 
 SOURCES = [
     "examples_ybr_color.dcm",  # 30-frame YBR_FULL_422 JPEG cine, lossy, regions
@@ -380,3 +383,35 @@ def test_text_attributes_respect_their_vr_limits():
     assert all(len(v) <= 64 for v in ds.ContributingEquipmentSequence[-1].SoftwareVersions)
     assert len(ds.SeriesDescription) <= 64
     assert ds.SeriesDescription.endswith(OUTPUT.series_description_suffix.format(scale=SCALE))
+
+
+def test_unwritable_source_attribute_is_an_input_error_naming_it():
+    """A copied value that cannot be encoded (a US of 70000) fails deriving, not writing."""
+    header, pixels, layout = source("US1_UNCR.dcm")
+    header = copy.deepcopy(header)
+    header.add_new(0x00280034, "US", 70000)  # a US that overflows (any tag will do)
+    with pytest.raises(InputError) as info:
+        _derive_frames(header, pixels[:1], layout, "none")
+    assert info.value.path == str(us_file("US1_UNCR.dcm"))
+    assert info.value.tag and "cannot be written in the derived instance" in str(info.value)
+
+
+def test_missing_required_attribute_and_region_overflow_are_input_errors():
+    header, pixels, layout = source("OBXXXX1A.dcm")
+    broken = copy.deepcopy(header)
+    del broken.StudyInstanceUID
+    with pytest.raises(InputError, match=r"missing StudyInstanceUID \(0020,000D\)"):
+        _derive_frames(broken, pixels, layout, "none")
+    broken = copy.deepcopy(header)
+    broken.SequenceOfUltrasoundRegions[0].RegionLocationMaxX1 = 2**31
+    with pytest.raises(InputError, match="overflows UL when scaled x2"):
+        _derive_frames(broken, pixels, layout, "none")
+
+
+def test_lossy_ratio_is_formatted_by_pydicom():
+    header, pixels, layout = source("US1_UNCR.dcm")
+    ds = _derive_frames(header, pixels, layout, "jpeg")
+    ratio = ds.LossyImageCompressionRatio
+    ratios = list(ratio) if ratio.__class__.__name__ == "MultiValue" else [ratio]
+    for r in ratios:
+        assert len(str(r)) <= 16 and str(r) == format_number_as_ds(float(r))
