@@ -10,7 +10,12 @@ import pytest
 import SimpleITK as sitk
 from conftest import us_file
 from pydicom.pixels import apply_color_lut, convert_color_space, pixel_array
-from pydicom.uid import MPEG2MPML, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+from pydicom.uid import (
+    MPEG2MPML,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    RLELossless,
+)
 
 from dicom_sr.dicom.discover import discover
 from dicom_sr.dicom.frames import (
@@ -20,6 +25,7 @@ from dicom_sr.dicom.frames import (
     open_frames,
     to_pixels,
 )
+from dicom_sr.errors import InputError
 
 
 def _some(n: int) -> list[int]:
@@ -326,3 +332,54 @@ def test_deflated_equals_plain(tmp_path):
     for a, b in zip(FrameReader(src), FrameReader(path), strict=True):
         np.testing.assert_array_equal(a.luma, b.luma)
         np.testing.assert_array_equal(a.chroma, b.chroma)
+
+
+def test_decode_errors_are_input_errors():
+    assert issubclass(FrameDecodeError, InputError)
+    err = FrameDecodeError("a.dcm", 3, "1.2.840.10008.1.2.5", "bad segment")
+    assert (
+        str(err) == "a.dcm: cannot decode frame 3 (RLE Lossless, 1.2.840.10008.1.2.5): bad segment"
+    )
+    assert err.path == "a.dcm" and err.frame == 3 and err.tag == "PixelData (7FE0,0010)"
+
+
+@pytest.mark.parametrize(
+    ("change", "tag"),
+    [
+        (
+            lambda ds: ds.__delitem__("GreenPaletteColorLookupTableData"),
+            "GreenPaletteColorLookupTableData",
+        ),
+        (
+            lambda ds: setattr(ds, "BluePaletteColorLookupTableDescriptor", [128, 0, 16]),
+            "GreenPaletteColorLookupTableDescriptor",
+        ),
+        (
+            lambda ds: setattr(ds, "RedPaletteColorLookupTableData", b"\0" * 10),
+            "RedPaletteColorLookupTableData",
+        ),
+    ],
+    ids=["no-table", "descriptors-disagree", "short-table"],
+)
+def test_broken_palette_is_an_input_error(tmp_path, change, tag):
+    ds = pydicom.dcmread(us_file("OBXXXX1A.dcm"))
+    change(ds)
+    path = tmp_path / "palette.dcm"
+    ds.save_as(path)
+    with pytest.raises(InputError) as info:
+        FrameReader(path)
+    assert info.value.tag.startswith(tag) and str(path) in str(info.value)
+
+
+def test_a_crash_in_gdcm_fails_the_file_not_the_process(tmp_path):
+    """GDCM (SimpleITK) dies of SIGFPE on an RLE frame without segments; we report it."""
+    ds = pydicom.dcmread("sample_data/us_phantom_cine.dcm")
+    ds.compress(RLELossless, generate_instance_uid=False)
+    frames = list(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=6))
+    frames[3] = b"\x00" * 64  # an RLE header saying "no segments"
+    ds.PixelData = pydicom.encaps.encapsulate(frames, has_bot=True)
+    path = tmp_path / "rle.dcm"
+    ds.save_as(path)
+    with FrameReader(path) as reader, pytest.raises(FrameDecodeError, match="frame 3") as info:
+        list(reader)
+    assert "simpleitk" in str(info.value) and "\n" not in str(info.value)
