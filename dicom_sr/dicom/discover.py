@@ -1,19 +1,12 @@
 """Find the ultrasound series to process among files, folders and DICOMDIRs.
 
-Only headers are read (``stop_before_pixels``); the pixel data element is located and its
-length checked against the image size without loading it. Anything that cannot be
-processed becomes a :class:`Skipped` with its path and a plain reason naming the tag; one
-bad file never stops discovery and inputs are never written to.
-
-:func:`iter_inspected` walks lazily (``os.scandir``, sorted per folder), so planning over a
-hundred thousand files never holds a list of them; :func:`discover` groups what it yields.
-:func:`inspect` raises :class:`~dicom_sr.errors.InputError` for an unusable file, and
-:func:`inspect_file` turns that into a :class:`Skipped`. What inspection refuses, besides
-files that are not DICOM or are truncated: another Modality under an ultrasound SOP class,
-invalid UIDs (:meth:`pydicom.uid.UID.is_valid`: at most 64 characters, digits and dots, so
-the Study UID is always a short, safe folder name), a NumberOfFrames that disagrees with the
-Pixel Data, PALETTE COLOR without usable lookup tables, unreadable US regions, and instances
-that dicom-sr derived itself.
+:func:`iter_inspected` walks lazily (``os.scandir``, sorted per folder, depth first), so
+planning over a hundred thousand files never holds a list of them, and inspects each file
+once (:mod:`.inspection`: headers only); :func:`discover` groups what it yields into series.
+A DICOMDIR is expanded record by record: a record whose file is missing, or outside the
+DICOMDIR's folder, is one :class:`Skipped`, and the other records are still processed.
+Anything that cannot be processed becomes a :class:`Skipped` with its path and a plain
+reason naming the tag; one bad file never stops discovery and inputs are never written to.
 """
 
 from __future__ import annotations
@@ -25,16 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
-from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID
 
-from dicom_sr.dicom.decoders import check_frames, seek_pixel_data, undecodable_reason
-from dicom_sr.dicom.frames import palette_table
-from dicom_sr.dicom.provenance import MANUFACTURER
-from dicom_sr.dicom.reasons import brief, shown, tag_name
-from dicom_sr.dicom.regions import MAX_SCALE, check_scalable
-from dicom_sr.errors import InputError
+from dicom_sr.dicom.inspection import US_SOP_CLASSES, Instance, Skipped, inspect, inspect_file
+from dicom_sr.dicom.reasons import brief
 
 LOGGER = logging.getLogger(__name__)
 
@@ -50,38 +36,7 @@ __all__ = [
     "US_SOP_CLASSES",
 ]
 
-#: Ultrasound image storage SOP classes (current and retired).
-US_SOP_CLASSES: frozenset[str] = frozenset(
-    {
-        "1.2.840.10008.5.1.4.1.1.6.1",  # US Image Storage
-        "1.2.840.10008.5.1.4.1.1.3.1",  # US Multi-frame Image Storage
-        "1.2.840.10008.5.1.4.1.1.6",  # US Image Storage (Retired)
-        "1.2.840.10008.5.1.4.1.1.3",  # US Multi-frame Image Storage (Retired)
-    }
-)
-#: Secondary capture classes, kept only when their Modality is US.
-_SC_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 _MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
-#: The start of the DerivationDescription that dicom-sr writes (provenance.py).
-_OUR_DERIVATION = "Super-resolution x"
-_SAMPLES = {"MONOCHROME1": 1, "MONOCHROME2": 1, "PALETTE COLOR": 1, "RGB": 3}
-
-
-@dataclass(frozen=True)
-class Instance:
-    """One image file, described by its header."""
-
-    path: Path
-    sop_instance_uid: str
-    sop_class_uid: str
-    study_uid: str
-    series_uid: str
-    instance_number: int | None
-    number_of_frames: int
-    rows: int
-    columns: int
-    transfer_syntax_uid: str
-    photometric: str
 
 
 @dataclass
@@ -96,20 +51,6 @@ class Series:
     def n_frames(self) -> int:
         """Total number of frames over the instances."""
         return sum(i.number_of_frames for i in self.instances)
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """A file (or DICOMDIR record) that will not be processed, and why."""
-
-    path: str
-    reason: str
-    tag: str | None = None  # the attribute concerned, as "Keyword (gggg,eeee)"
-
-    @classmethod
-    def from_error(cls, exc: InputError) -> Skipped:
-        """The skip an :class:`~dicom_sr.errors.InputError` describes."""
-        return cls(exc.path, exc.reason, exc.tag)
 
 
 @dataclass
@@ -320,241 +261,3 @@ def _dicomdir_records(dicomdir: Path) -> Iterator[tuple[Path, Skipped | None]]:
             yield target, Skipped(str(target), f"listed in DICOMDIR {dicomdir}, missing", tag)
         else:
             yield target, None
-
-
-def inspect_file(path: str | os.PathLike, *, max_pixels: int | None = None) -> Instance | Skipped:
-    """Describe one file as an :class:`Instance`, or say why it is :class:`Skipped`."""
-    try:
-        return inspect(path, max_pixels=max_pixels)
-    except InputError as exc:
-        return Skipped.from_error(exc)
-
-
-def inspect(path: str | os.PathLike, *, max_pixels: int | None = None) -> Instance:
-    """Describe one file as an :class:`Instance`; :class:`~dicom_sr.errors.InputError` if unusable.
-
-    Any exception from pydicom on a malformed file becomes an InputError naming the file.
-    """
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            return _inspect(path, f, max_pixels)
-    except InputError:
-        raise
-    except InvalidDicomError as exc:
-        raise InputError(path, f"not a DICOM file ({exc})") from None
-    except OSError as exc:
-        raise InputError(path, f"cannot read: {exc.strerror or exc}") from None
-    except Exception as exc:  # noqa: BLE001 - a malformed file must not stop discovery
-        LOGGER.debug("%s: unexpected error in inspection", path, exc_info=True)
-        raise InputError(path, f"unreadable DICOM header: {brief(exc)}") from None
-
-
-def _fail(path: Path, keyword: str, reason: str) -> InputError:
-    return InputError(path, reason, tag=tag_name(keyword))
-
-
-def _get(ds: Dataset, keyword: str, path: Path):
-    """An attribute's value (None when absent or empty); InputError if it does not parse."""
-    try:
-        value = ds.get(keyword)
-    except Exception as exc:  # noqa: BLE001 - pydicom converts values lazily
-        raise _fail(path, keyword, f"{tag_name(keyword)} cannot be read: {brief(exc)}") from None
-    return None if value is None or value == "" else value
-
-
-def _int(ds: Dataset, keyword: str, path: Path, *, default: int | None = None) -> int:
-    value = _get(ds, keyword, path)
-    if value is None:
-        if default is not None:
-            return default
-        raise _fail(path, keyword, f"missing {tag_name(keyword)}")
-    try:
-        number = int(value)
-        if number != float(value):
-            raise ValueError("not a whole number")
-    except (TypeError, ValueError, OverflowError):
-        raise _fail(
-            path, keyword, f"{tag_name(keyword)} is {shown(value)}, expected an integer"
-        ) from None
-    return number
-
-
-def _uid(ds: Dataset, keyword: str, path: Path) -> str:
-    value = _get(ds, keyword, path)
-    if value is None:
-        raise _fail(path, keyword, f"missing {tag_name(keyword)}")
-    uid = UID(str(value))
-    if not uid.is_valid:
-        raise _fail(
-            path,
-            keyword,
-            f"{tag_name(keyword)} {shown(str(uid), 72)} is not a valid UID: "
-            "expected at most 64 characters, "
-            "digits and dots",
-        )
-    return str(uid)
-
-
-def _derived_by_us(ds: Dataset, path: Path) -> bool:
-    """True when dicom-sr made this instance (its Contributing Equipment or derivation says so)."""
-    description = str(_get(ds, "DerivationDescription", path) or "")
-    if description.startswith(_OUR_DERIVATION) and MANUFACTURER in description:
-        return True
-    for item in _get(ds, "ContributingEquipmentSequence", path) or []:
-        if str(item.get("Manufacturer", "")).strip() == MANUFACTURER:
-            return True
-    return False
-
-
-def _transfer_syntax(path: Path) -> UID:
-    meta = pydicom.filereader.read_file_meta_info(path)
-    tsyntax = meta.get("TransferSyntaxUID")
-    keyword = "TransferSyntaxUID"
-    if not tsyntax:
-        raise _fail(path, keyword, f"no {tag_name(keyword)} in the file meta")
-    uid = UID(str(tsyntax).strip())
-    if not uid.is_transfer_syntax:
-        raise _fail(
-            path, keyword, f"{tag_name(keyword)} {str(uid)[:64]!r} is not a transfer syntax"
-        )
-    if (reason := undecodable_reason(uid)) is not None:
-        raise _fail(path, keyword, reason)
-    return uid
-
-
-def _check_class(ds: Dataset, path: Path) -> str:
-    """The SOP class, if it is ultrasound (or secondary capture of Modality US)."""
-    sop_class = _uid(ds, "SOPClassUID", path)
-    modality = str(_get(ds, "Modality", path) or "").strip()
-    if not modality.isprintable() or len(modality) > 16:
-        modality = shown(modality, 24)
-    if sop_class.startswith(_SC_PREFIX) and modality == "US":
-        return sop_class
-    if sop_class not in US_SOP_CLASSES:
-        raise _fail(
-            path,
-            "SOPClassUID",
-            f"not an ultrasound image: Modality {modality or 'absent'}, SOP class "
-            f"{UID(sop_class).name}",
-        )
-    if modality != "US":
-        raise _fail(
-            path,
-            "Modality",
-            f"Modality {modality or 'absent'} (0008,0060) under {UID(sop_class).name}: US expected",
-        )
-    return sop_class
-
-
-def _check_image(ds: Dataset, path: Path) -> tuple[int, int, str]:
-    """Rows, Columns and photometric interpretation, checked against each other."""
-    rows, cols = _int(ds, "Rows", path), _int(ds, "Columns", path)
-    if rows < 1 or cols < 1:
-        raise _fail(path, "Rows", f"empty image: {rows} rows, {cols} columns")
-    photometric = str(_get(ds, "PhotometricInterpretation", path) or "").strip()
-    if not photometric:
-        raise _fail(
-            path, "PhotometricInterpretation", f"missing {tag_name('PhotometricInterpretation')}"
-        )
-    samples = _int(ds, "SamplesPerPixel", path)
-    want = 3 if photometric.startswith("YBR") else _SAMPLES.get(photometric)
-    if want is None:
-        raise _fail(
-            path,
-            "PhotometricInterpretation",
-            f"{tag_name('PhotometricInterpretation')} {photometric[:32]!r} is not supported: "
-            "expected MONOCHROME1/2, RGB, YBR_* or PALETTE COLOR",
-        )
-    if samples != want:
-        raise _fail(
-            path,
-            "SamplesPerPixel",
-            f"{tag_name('SamplesPerPixel')} is {samples}, {photometric} needs {want}",
-        )
-    allocated = _int(ds, "BitsAllocated", path)
-    stored = _int(ds, "BitsStored", path, default=allocated)
-    if allocated not in (8, 16) or not 1 <= stored <= allocated:
-        raise _fail(
-            path,
-            "BitsAllocated",
-            f"{tag_name('BitsAllocated')} {allocated}, {tag_name('BitsStored')} {stored}: "
-            "expected 8 or "
-            "16 bits allocated and 1 <= BitsStored <= BitsAllocated",
-        )
-    if photometric == "PALETTE COLOR":
-        palette_table(ds, path=path)  # raises InputError naming the table that is wrong
-    return rows, cols, photometric
-
-
-def _inspect(path: Path, f, max_pixels: int | None) -> Instance:
-    uid = _transfer_syntax(path)
-    if uid.is_deflated:  # zlib stream: no file offsets, read it all (native data only)
-        ds: Dataset = pydicom.dcmread(f)
-        element = None
-    else:
-        element = seek_pixel_data(f, uid)
-        if element is not None:
-            ds = element.header
-        else:
-            f.seek(0)
-            ds = pydicom.dcmread(f, stop_before_pixels=True)
-    try:
-        return _describe(path, f, ds, uid, element, max_pixels)
-    except InputError as exc:
-        size = os.fstat(f.fileno()).st_size
-        if element is None and exc.reason.startswith(("missing ", "Modality absent")):
-            # a header cut short reads as a header without its later attributes: say so
-            reason = f"{exc.reason}; the file ends at byte {size} with no Pixel Data: truncated?"
-            raise InputError(path, reason, tag=exc.tag) from None
-        raise
-
-
-def _describe(path: Path, f, ds: Dataset, uid: UID, element, max_pixels: int | None) -> Instance:
-    """The checks of :func:`inspect` on a header already read."""
-    if _derived_by_us(ds, path):
-        raise _fail(
-            path, "ContributingEquipmentSequence", "derived by dicom-sr; not processed again"
-        )
-    sop_class = _check_class(ds, path)
-    uids = {
-        k: _uid(ds, k, path) for k in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
-    }
-    rows, cols, photometric = _check_image(ds, path)
-    if max_pixels is not None and rows * cols > max_pixels:
-        raise _fail(
-            path,
-            "Rows",
-            f"frame of {cols}x{rows} = {rows * cols} pixels exceeds max_pixels {max_pixels}",
-        )
-
-    if uid.is_deflated:
-        if "PixelData" not in ds:
-            raise _fail(path, "PixelData", "no Pixel Data (7FE0,0010)")
-        frames = check_frames(path, ds, stored=len(ds.PixelData))
-    elif element is None:
-        raise _fail(path, "PixelData", "no Pixel Data (7FE0,0010)")
-    elif element.keyword != "PixelData":
-        raise _fail(path, element.keyword, f"{element.keyword} (float pixels) is not supported")
-    else:
-        frames = check_frames(path, ds, element=element, file=f)
-    check_scalable(ds, MAX_SCALE, path=path)  # regions: InputError naming the tag
-
-    number = _get(ds, "InstanceNumber", path)
-    try:
-        instance_number = int(number) if number is not None else None
-    except (TypeError, ValueError):
-        instance_number = None  # only orders the series: a bad one sorts last, not a skip
-    return Instance(
-        path=path,
-        sop_instance_uid=uids["SOPInstanceUID"],
-        sop_class_uid=sop_class,
-        study_uid=uids["StudyInstanceUID"],
-        series_uid=uids["SeriesInstanceUID"],
-        instance_number=instance_number,
-        number_of_frames=frames,
-        rows=rows,
-        columns=cols,
-        transfer_syntax_uid=str(uid),
-        photometric=photometric,
-    )

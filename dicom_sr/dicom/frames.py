@@ -49,7 +49,7 @@ from dicom_sr.dicom.reasons import brief, shown, tag_name
 from dicom_sr.errors import InputError
 
 if TYPE_CHECKING:
-    from dicom_sr.dicom.discover import Instance
+    from dicom_sr.dicom.inspection import Instance
 
 LOGGER = logging.getLogger(__name__)
 
