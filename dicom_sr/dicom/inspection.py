@@ -151,14 +151,15 @@ def _uid(ds: Dataset, keyword: str, path: Path) -> str:
             path,
             keyword,
             f"{tag_name(keyword)} {shown(str(uid), 72)} is not a valid UID: "
-            "expected at most 64 characters, "
-            "digits and dots",
+            "expected at most 64 characters, digits and dots",
         )
     return str(uid)
 
 
 def _derived_by_us(ds: Dataset, path: Path) -> bool:
-    """True when dicom-sr made this instance (its Contributing Equipment or derivation says so)."""
+    """True when dicom-sr made this instance: a Contributing Equipment item of Manufacturer
+    dicom-sr, or a DerivationDescription as :func:`.provenance.derivation_description` writes
+    it ("Super-resolution x.. by dicom-sr ..."; the name too, so another vendor's is kept)."""
     description = str(_get(ds, "DerivationDescription", path) or "")
     if description.startswith(_OUR_DERIVATION) and MANUFACTURER in description:
         return True
