@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -181,5 +182,7 @@ def listen(
     signal.signal(signal.SIGTERM, on_signal)
     while not node.wait(1.0):
         pass
-    node.stop()
+    if not node.stop():
+        logging.shutdown()
+        os._exit(0)  # a stuck worker: do not wait for it at interpreter exit
     sys.exit(0)

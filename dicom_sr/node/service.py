@@ -88,7 +88,6 @@ class Node:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._recover()
         self.pool = WorkerPool(self.options.workers, self.options.log_level)
-        self.pool.warm()
         ae = make_ae(self.options.scp)
         handler = StoreHandler(
             self.spool,
@@ -139,8 +138,11 @@ class Node:
         """Ask the node to stop (safe from a signal handler)."""
         self._stopping.set()
 
-    def stop(self, grace: float = 30.0) -> None:
-        """Stop accepting, close associations, cancel or finish the jobs in hand, re-queue."""
+    def stop(self, grace: float = 30.0) -> bool:
+        """Stop accepting, close associations, cancel the jobs in hand and re-queue them.
+
+        Returns False when a worker process had to be left behind (the caller should exit
+        without waiting for it)."""
         self._stopping.set()
         logger.info("stopping: no new associations; the series in hand go back to the queue")
         if self.server is not None:
@@ -161,11 +163,13 @@ class Node:
             for key in list(self._running):
                 self.store.release(key, self.owner, error="node stopped")
                 self._running.pop(key)
-        if self.pool is not None:
-            self.pool.shutdown(wait=False)
+        clean = self.pool is None or self.pool.shutdown(timeout=grace)
+        if not clean:
+            logger.warning("a worker process did not exit within %.0f s", grace)
         if self.health is not None:
             self.health.stop()
         logger.info("stopped; %s", _counts_text(self.store.counts(KIND)))
+        return clean
 
     # -- receiving -----------------------------------------------------------------------------
 

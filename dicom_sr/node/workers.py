@@ -12,6 +12,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
@@ -29,6 +30,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s"
 
 _stop: Any = None
 _parent: int | None = None
+_busy = False  # this process took a series (it exits after that one)
 
 
 def _init_worker(stop_event: Any, parent_pid: int, log_level: int) -> None:
@@ -37,9 +39,20 @@ def _init_worker(stop_event: Any, parent_pid: int, log_level: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _stop, _parent = stop_event, parent_pid
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
     logging.basicConfig(level=log_level, format=LOG_FORMAT, force=True)
     logging.getLogger("pynetdicom").setLevel(max(log_level, logging.WARNING))
-    import dicom_sr.pipeline  # noqa: F401 - pay for torch's import while idle, not per series
+    # the executor replaces a worker as soon as it exits: import torch while idle, not per series
+    import dicom_sr.pipeline  # noqa: F401
+
+
+def _watch_parent(parent_pid: int, grace: float = 30.0) -> None:
+    """Exit when the node is gone (SIGKILL): an idle worker would wait for work forever."""
+    while os.getppid() == parent_pid:
+        time.sleep(1.0)
+    if _busy:
+        time.sleep(grace)  # the series in hand sees _cancelled() first and stops cleanly
+    os._exit(0)
 
 
 def _cancelled() -> bool:
@@ -57,6 +70,8 @@ def run_series_job(
     Returns the series result's :meth:`~dicom_sr.pipeline.SeriesResult.to_dict`, with
     ``status`` "cancelled" when the node asked to stop; never raises.
     """
+    global _busy
+    _busy = True
     from dicom_sr.dicom.discover import discover
     from dicom_sr.pipeline import process_series
 
@@ -119,17 +134,6 @@ class WorkerPool:
             initargs=(self.stop_event, os.getpid(), self.log_level),
         )
 
-    def warm(self) -> None:
-        """Start the worker processes now, so the first series does not wait for their imports.
-
-        The executor starts processes only on submit (and replaces each that exits right away);
-        this uses its own spawning method to start the first ones early.
-        """
-        spawn = getattr(self._executor, "_adjust_process_count", None)  # CPython 3.9+
-        if spawn is not None:
-            for _ in range(self.workers):
-                spawn()
-
     def submit(
         self, key: str, paths: list[str], config: PipelineConfig, out_dir: Path, revision: int
     ) -> Future:
@@ -138,14 +142,27 @@ class WorkerPool:
 
     def restart(self) -> None:
         """Replace a broken pool (a worker was killed) with a fresh one."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.shutdown(timeout=10.0)
         self._executor = self._new_executor()
-        self.warm()
 
     def cancel(self) -> None:
         """Ask every running series to stop at its next check."""
         self.stop_event.set()
 
-    def shutdown(self, wait: bool = True) -> None:
-        """No more work; wait for the running series (after :meth:`cancel`, they stop soon)."""
-        self._executor.shutdown(wait=wait, cancel_futures=True)
+    def shutdown(self, timeout: float = 60.0) -> bool:
+        """No more work; wait for the worker processes to exit (after :meth:`cancel`, a running
+        series stops at its next check). False if they did not within ``timeout`` seconds.
+
+        Always a waiting shutdown: ``shutdown(wait=False)`` of CPython 3.11 lets the executor's
+        manager thread crash while replacing a worker (one task per child), leaving a process
+        that the interpreter then waits for at exit.
+        """
+        thread = threading.Thread(
+            target=self._executor.shutdown,
+            kwargs={"wait": True, "cancel_futures": True},
+            name="pool-shutdown",
+            daemon=True,
+        )
+        thread.start()
+        thread.join(timeout)
+        return not thread.is_alive()
