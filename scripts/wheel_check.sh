@@ -21,7 +21,13 @@ rm -rf "$work/src" "$work/dist"
 mkdir -p "$work/src"
 (cd "$repo" && git ls-files -z --cached --others --exclude-standard) |
     (cd "$repo" && xargs -0 cp --parents -t "$work/src" 2>/dev/null || true)
-"$python" -m pip wheel -q --no-deps -w "$work/dist" "$work/src"
+# The build backend of the running Python when it has one (a minute faster than an isolated
+# build on 2 cores; the wheel is the same), else pip's isolated build.
+isolation=()
+if "$python" -c "import setuptools.command.bdist_wheel" 2>/dev/null; then  # setuptools >= 70.1
+    isolation=(--no-build-isolation)
+fi
+"$python" -m pip wheel -q --no-deps "${isolation[@]}" -w "$work/dist" "$work/src"
 wheel="$(ls "$work"/dist/dicom_sr-*.whl)"
 echo "built $(basename "$wheel") in $((SECONDS - start)) s"
 
