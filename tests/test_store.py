@@ -375,3 +375,21 @@ def test_shared_manifest_is_one_object_per_folder_and_sees_new_records(tmp_path)
     assert shared.latest(tmp_path / "a.dcm") is None
     Manifest(tmp_path).record({"output": "a.dcm", "status": "failed", "reason": "r"})
     assert shared.failed(tmp_path / "a.dcm") == "r"
+
+
+def test_derived_uids_name_files_and_change_with_identity_and_revision(tmp_path):
+    from dicom_sr.dicom.provenance import derived_series_uid, derived_sop_uid
+
+    root = "1.2.826.0.1.3680043.8.498"
+    src = "1.2.840.113619.2.1.1.322987881.621.736170080.681"
+    base = derived_sop_uid(root, src, "aaaa")
+    assert base == derived_sop_uid(root, src, "aaaa", revision=0)  # revisions came later
+    assert base != derived_sop_uid(root, src, "bbbb")  # other pixels, other UID
+    revs = {derived_sop_uid(root, src, "aaaa", revision=r) for r in range(4)}
+    assert len(revs) == 4 and base in revs
+    series = derived_series_uid(root, src, "aaaa", revision=2)
+    assert series != derived_series_uid(root, src, "aaaa")
+    path = instance_path(tmp_path, src, series, base)  # valid UIDs of at most 64 characters
+    assert path.name == f"{base}.dcm" and len(base) <= 64
+    with pytest.raises(ValueError, match="revision"):
+        derived_sop_uid(root, src, "aaaa", revision=-1)
