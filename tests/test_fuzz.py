@@ -90,7 +90,7 @@ def _raw(ds: Dataset, keyword_or_tag, vr: str, value: bytes) -> None:
     tag = Tag(keyword_or_tag)
     meta = getattr(ds, "file_meta", None)  # None: a sequence item, written in its file's order
     little = meta is None or meta.get("TransferSyntaxUID") != ExplicitVRBigEndian
-    ds[tag] = RawDataElement(tag, vr, len(value), value, 0, False, little)
+    ds._dict[tag] = RawDataElement(tag, vr, len(value), value, 0, False, little)  # as read
 
 
 def _save(ds: Dataset, path: Path) -> None:
@@ -544,9 +544,12 @@ def test_modality_reason_names_the_tag_and_class(tmp_path):
 
 
 # hypothesis ---------------------------------------------------------------------------------
-def _mutate(data: bytes, ds: Dataset, draw) -> bytes:
-    """One random mutation: truncation, bytes overwritten, a tag deleted or its value replaced."""
-    kind = draw(st.sampled_from(["truncate", "overwrite", "delete", "replace"]))
+KINDS = ["truncate", "overwrite", "delete", "replace"]
+
+
+def _mutate(kind: str, data: bytes, ds: Dataset, draw) -> bytes:
+    """One random mutation of `kind`: truncation, bytes overwritten, a tag deleted or its value
+    replaced by random bytes under a random VR."""
     if kind == "truncate":
         return data[: draw(st.integers(0, len(data) - 1))]
     if kind == "overwrite":
@@ -569,9 +572,22 @@ def _mutate(data: bytes, ds: Dataset, draw) -> bytes:
         return data[: len(data) // 2]
 
 
-def _fuzz_one(base: str, data_strategy) -> None:
+#: Outcomes of the hypothesis examples by mutation kind, printed after the module (pytest -s).
+TALLY: dict[str, Counter] = defaultdict(Counter)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _print_tally():
+    yield
+    if TALLY:
+        print("\nhypothesis examples:")
+        for kind, counter in sorted(TALLY.items()):
+            print(f"  {kind:20s} {dict(counter)}")
+
+
+def _fuzz_one(kind: str, base: str, data_strategy) -> None:
     ds = _fresh(base, "hypothesis")
-    data = _mutate(_bytes(ds), ds, data_strategy.draw)
+    data = _mutate(kind, _bytes(ds), ds, data_strategy.draw)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         inputs, out = root / "in", root / "out"
@@ -580,34 +596,33 @@ def _fuzz_one(base: str, data_strategy) -> None:
         path.write_bytes(data)
         before = _digest(root)
         outcomes = _run(inputs, out)
-        problems = _check_outcome(f"{base} variant", ANY, outcomes.get(path))
+        problems = _check_outcome(f"{base} {kind} variant", ANY, outcomes.get(path))
+        TALLY[kind][outcomes.get(path, ("none",))[0]] += 1
         assert not problems, "\n".join(problems)
         assert _digest(root, skip=out) == before
 
 
-@hypothesis.settings(
-    max_examples=30,
+_SETTINGS = dict(
     derandomize=True,
     deadline=None,
     database=None,
     suppress_health_check=list(hypothesis.HealthCheck),
 )
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@hypothesis.settings(max_examples=10, **_SETTINGS)
 @hypothesis.given(base=st.sampled_from(["single", "cine", "cine_rle"]), data=st.data())
-def test_random_mutations(base, data):
-    _fuzz_one(base, data)
+def test_random_mutations(kind, base, data):
+    _fuzz_one(kind, base, data)
 
 
 @pytest.mark.slow
-@hypothesis.settings(
-    max_examples=400,
-    derandomize=True,
-    deadline=None,
-    database=None,
-    suppress_health_check=list(hypothesis.HealthCheck),
-)
+@pytest.mark.parametrize("kind", KINDS)
+@hypothesis.settings(max_examples=150, **_SETTINGS)
 @hypothesis.given(
     base=st.sampled_from(["single", "cine", "cine_rle", "rgb", "palette", "aloka", "j2k"]),
     data=st.data(),
 )
-def test_random_mutations_long(base, data):
-    _fuzz_one(base, data)
+def test_random_mutations_long(kind, base, data):
+    _fuzz_one(kind, base, data)

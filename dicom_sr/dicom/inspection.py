@@ -156,6 +156,23 @@ def _uid(ds: Dataset, keyword: str, path: Path) -> str:
     return str(uid)
 
 
+def _check_readable(ds: Dataset, path: Path, depth: int = 0) -> None:
+    """Every public attribute parses (nested ones too): the derived instance copies them all,
+    so one that does not is a skip now, naming it, not a failure after the frames are done."""
+    for tag in list(ds.keys()):
+        if tag.is_private or 0x5000 <= tag.group <= 0x60FF:
+            continue  # not copied into the derived instance (curves, overlays, private)
+        try:
+            elem = ds[tag]
+        except Exception as exc:  # noqa: BLE001 - pydicom converts raw values lazily
+            raise InputError(
+                path, f"{tag_name(tag)} cannot be read: {brief(exc)}", tag=tag_name(tag)
+            ) from None
+        if elem.VR == "SQ" and depth < 8:
+            for item in elem.value or []:
+                _check_readable(item, path, depth + 1)
+
+
 def _derived_by_us(ds: Dataset, path: Path) -> bool:
     """True when dicom-sr made this instance: a Contributing Equipment item of Manufacturer
     dicom-sr, or a DerivationDescription as :func:`.provenance.derivation_description` writes
@@ -279,6 +296,7 @@ def _describe(path: Path, f, ds: Dataset, uid: UID, element, max_pixels: int | N
             path, "ContributingEquipmentSequence", "derived by dicom-sr; not processed again"
         )
     sop_class = _check_class(ds, path)
+    _check_readable(ds, path)
     uids = {
         k: _uid(ds, k, path) for k in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
     }
