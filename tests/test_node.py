@@ -320,3 +320,34 @@ def test_tls_association_with_client_certificates(tmp_path, tls_files):
         assert not assoc.is_established
     finally:
         server.shutdown()
+
+
+def test_a_job_queued_under_another_pipeline_is_queued_again_under_the_nodes(tmp_path):
+    from dicom_sr.config import load_pipeline
+    from dicom_sr.jobs import JobStore
+    from dicom_sr.node.service import Node, NodeOptions
+    from dicom_sr.pipeline import derived_series_uid_for
+
+    config = load_pipeline("bmode-default", {"engine.method": "bicubic"})
+    node = Node(NodeOptions(out_dir=tmp_path), config)
+    store = JobStore(tmp_path)
+    store.add("1.2.3.999", kind="listen", study_uid="1.2", source_series_uid="1.2.3",
+              config_hash="another", paths=["/spool/a.dcm"])  # fmt: skip
+    submitted = []
+    node.pool = SimpleNamespace(submit=lambda *args: submitted.append(args) or _Done())
+    node._dispatch()
+    old = store.get("1.2.3.999")
+    assert old.state == "failed" and "queued the series again" in old.error
+    key = derived_series_uid_for("1.2.3", config, 0)
+    assert [a[0] for a in submitted] == [key]
+    new = store.get(key)
+    assert (new.state, new.paths, new.config_hash) == (
+        "processing",
+        ["/spool/a.dcm"],
+        node.identity,
+    )
+
+
+class _Done:
+    def done(self) -> bool:
+        return False

@@ -250,3 +250,19 @@ def test_forward_destination_down_then_up_everything_arrives_once(tmp_path, peer
     assert sum(d.SeriesInstanceUID == first_series for d in dest.received()) == 2  # untouched
     assert sorted(j.revision for j in node.jobs()) == [0, 1]
     assert node.stop() == 0
+
+
+def test_sigterm_while_processing_requeues_the_series_and_exits_0(tmp_path, peers):
+    out = tmp_path / "node"
+    node = Node(out, "--method", "ibp").start()  # ibp: a long frame loop, no training
+    peers.append(node)
+    cine = us_file("color3d_jpeg_baseline.dcm")  # 120 frames
+    assert run("dcmsend", "-dn", "-aec", "DICOMSR", "127.0.0.1", node.port, cine).returncode == 0
+    wait_for(lambda: ": frame " in node.log.read_text(), 90, "frames to start", node.log)
+    t0 = time.monotonic()
+    assert node.stop() == 0
+    assert time.monotonic() - t0 < 20
+    (job,) = node.jobs()
+    assert job.state == "queued" and "cancelled" in job.error and job.attempts == 1
+    assert "cancelled, back to the queue" in node.log.read_text()
+    assert not list((out / "derived").rglob("*.dcm"))  # nothing half-written

@@ -253,13 +253,15 @@ class Node:
             )
             if job is None:
                 return
-            if job.config_hash != self.identity:
+            if job.config_hash != self.identity:  # queued by a node run with another pipeline
                 self.store.set_state(
                     job.key,
                     "failed",
-                    error=f"queued under another pipeline identity ({job.config_hash}); "
-                    f"this node runs {self.identity}",
+                    error=f"queued under pipeline identity {job.config_hash}; the node now runs "
+                    f"{self.identity} and queued the series again under it",
                 )
+                paths = {Path(p) for p in job.paths}
+                self._enqueue(Arrivals(job.study_uid, job.source_series_uid, paths))
                 continue
             logger.info(
                 "series ..%s: processing %d instance(s) (derived ..%s, attempt %d)",
@@ -302,6 +304,7 @@ class Node:
             self.pool.restart()
             return
         except Exception as exc:  # noqa: BLE001
+            logger.error("series ..%s: worker failed (%s); back to the queue", tag, describe(exc))
             self.store.release(job.key, self.owner, error=describe(exc))
             return
         status = result.get("status")

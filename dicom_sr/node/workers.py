@@ -31,19 +31,30 @@ LOG_FORMAT = "%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s"
 _stop: Any = None
 _parent: int | None = None
 _busy = False  # this process took a series (it exits after that one)
+_preloader: threading.Thread | None = None
 
 
 def _init_worker(stop_event: Any, parent_pid: int, log_level: int) -> None:
     """Worker start: signals are the node's business; log lines like the node's."""
-    global _stop, _parent
+    global _stop, _parent, _preloader
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _stop, _parent = stop_event, parent_pid
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
     logging.basicConfig(level=log_level, format=LOG_FORMAT, force=True)
     logging.getLogger("pynetdicom").setLevel(max(log_level, logging.WARNING))
-    # the executor replaces a worker as soon as it exits: import torch while idle, not per series
-    import dicom_sr.pipeline  # noqa: F401
+    if not stop_event.is_set():  # the executor replaces a worker as soon as it exits:
+        # import torch while idle, not when a series comes; in a thread, so that a node that
+        # stops meanwhile does not wait for the import (the series' own import waits for it)
+        _preloader = threading.Thread(target=_preload, name="preload", daemon=True)
+        _preloader.start()
+
+
+def _preload() -> None:
+    try:
+        import dicom_sr.pipeline  # noqa: F401
+    except Exception:  # noqa: BLE001 - the series' own import reports it
+        logger.debug("preload failed", exc_info=True)
 
 
 def _watch_parent(parent_pid: int, grace: float = 30.0) -> None:
@@ -72,6 +83,8 @@ def run_series_job(
     """
     global _busy
     _busy = True
+    if _preloader is not None:
+        _preloader.join()  # two threads importing one package can see it half-initialised
     from dicom_sr.dicom.discover import discover
     from dicom_sr.pipeline import process_series
 
