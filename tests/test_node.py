@@ -351,3 +351,36 @@ def test_a_job_queued_under_another_pipeline_is_queued_again_under_the_nodes(tmp
 class _Done:
     def done(self) -> bool:
         return False
+
+
+def test_a_series_is_received_then_queued_and_a_restart_assembles_it_again(tmp_path):
+    from dicom_sr.config import load_pipeline
+    from dicom_sr.jobs import JobStore
+    from dicom_sr.node.assembly import Arrivals
+    from dicom_sr.node.service import Node, NodeOptions
+
+    config = load_pipeline("bmode-default", {"engine.method": "bicubic"})
+    node = Node(NodeOptions(out_dir=tmp_path, series_timeout=3600), config)
+    folder = node.spool.root / "1.2" / "1.2.3"
+    folder.mkdir(parents=True)
+    paths = [folder / f"1.2.3.{k}.dcm" for k in (1, 2)]
+    for p in paths:
+        p.write_bytes(b"spooled")
+    node._on_received(SimpleNamespace(study_uid="1.2", series_uid="1.2.3", path=paths[0]))
+    (arr,) = node.assembly.unnoted()
+    node._record(arr, "received")
+    (job,) = JobStore(tmp_path).jobs()
+    assert job.state == "received" and len(job.paths) == 2  # the whole spooled series
+    # the node dies; the next one starts the series timeout again from the store
+    again = Node(NodeOptions(out_dir=tmp_path, series_timeout=0), config)
+    again._recover()
+    (due,) = again.assembly.due()
+    assert due.paths == set(paths)
+    again._record(due, "queued")
+    (job,) = JobStore(tmp_path).jobs()
+    assert job.state == "queued" and job.revision == 0
+    # a job that started makes the next arrival a new revision
+    JobStore(tmp_path).set_state(job.key, "done")
+    again._record(Arrivals("1.2", "1.2.3", {paths[1]}), "queued")
+    revs = sorted((j.revision, j.state) for j in JobStore(tmp_path).jobs())
+    assert revs == [(0, "done"), (1, "queued")]

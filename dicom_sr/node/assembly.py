@@ -22,6 +22,7 @@ class Arrivals:
     series_uid: str
     paths: set[Path] = field(default_factory=set)
     last: float = 0.0
+    noted: int = 0  # how many of ``paths`` the job store already lists
 
 
 class Assembly:
@@ -46,6 +47,16 @@ class Assembly:
         with self._lock:
             ready = [k for k, a in self._open.items() if flush or now - a.last >= self.timeout]
             return [self._open.pop(k) for k in ready]
+
+    def unnoted(self) -> list[Arrivals]:
+        """Copies of the series with instances not yet reported here; marks them reported."""
+        out = []
+        with self._lock:
+            for a in self._open.values():
+                if len(a.paths) > a.noted:
+                    a.noted = len(a.paths)
+                    out.append(Arrivals(a.study_uid, a.series_uid, set(a.paths), a.last))
+        return out
 
     def pending(self) -> int:
         """Series still receiving (not yet quiet)."""

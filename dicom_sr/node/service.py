@@ -16,7 +16,7 @@ from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pynetdicom import evt
 
@@ -178,25 +178,37 @@ class Node:
         self.assembly.arrived(got.study_uid, got.series_uid, got.path)
 
     def _recover(self) -> None:
-        """Re-queue unfinished jobs; spooled instances that never became a job wait again."""
+        """Re-queue unfinished jobs; series still being received and spooled instances that
+        never became a job wait for their series timeout again."""
         n = self.store.requeue_unfinished(KIND)
         if n:
             logger.info("re-queued %d unfinished job(s) of the last run", n)
         known: dict[str, set[str]] = {}
+        waiting = 0
         for job in self.store.jobs(kind=KIND):
             known.setdefault(job.source_series_uid, set()).update(job.paths)
-        waiting = 0
+            if job.state != "received":
+                continue
+            if job.config_hash != self.identity:
+                self.store.set_state(
+                    job.key, "failed", error="received under another pipeline; assembled again"
+                )
+            for path in map(Path, job.paths):  # its series timeout starts again
+                if path.is_file():
+                    self.assembly.arrived(job.study_uid, job.source_series_uid, path)
+                    waiting += 1
         for study, series, paths in self.spool.series():
             for path in paths:
                 if str(path) not in known.get(series, set()):
                     self.assembly.arrived(study, series, path)
                     waiting += 1
         if waiting:
-            logger.info("%d spooled instance(s) not yet in a job: assembling again", waiting)
+            logger.info("%d spooled instance(s) not yet in a queued job: assembling again", waiting)
 
-    def _enqueue(self, arrivals: Arrivals) -> None:
-        """A quiet series becomes a queued job: merged into a job that has not started, else
-        a new revision with every instance of the series received so far."""
+    def _record(self, arrivals: Arrivals, state: Literal["received", "queued"]) -> None:
+        """Put a series' new instances in the job store: while it is still arriving as a
+        *received* job, once quiet as a *queued* one. They join the series' latest job if that
+        has not started; otherwise they make a new revision with every instance so far."""
         series = arrivals.series_uid
         mine = [
             j
@@ -207,9 +219,12 @@ class Node:
         tag = series[-8:]
         if latest is not None and latest.state in ("received", "queued"):
             self.store.add_paths(latest.key, arrivals.paths)
-            logger.info(
-                "series ..%s: %d more instance(s) for its queued job", tag, len(arrivals.paths)
-            )
+            if state == "queued" and latest.state == "received":
+                job = self.store.set_state(latest.key, "queued")
+                rev = f" revision {job.revision}" if job.revision else ""
+                logger.info(
+                    "series ..%s: complete, %d instance(s) queued%s", tag, len(job.paths), rev
+                )
             return
         revision = 0 if latest is None else latest.revision + 1
         folder = self.spool.root / arrivals.study_uid / series
@@ -223,18 +238,23 @@ class Node:
             config_hash=self.identity,
             paths=paths,
             revision=revision,
-            state="queued",
+            state=state,
         )
         rev = f" revision {revision}" if revision else ""
-        logger.info("series ..%s: complete, %d instance(s) queued%s", tag, len(paths), rev)
+        if state == "received":
+            logger.info("series ..%s: receiving%s", tag, rev)
+        else:
+            logger.info("series ..%s: complete, %d instance(s) queued%s", tag, len(paths), rev)
 
     # -- scheduling ----------------------------------------------------------------------------
 
     def _schedule_loop(self) -> None:
         while not self._stopping.is_set():
             try:
+                for arrivals in self.assembly.unnoted():
+                    self._record(arrivals, "received")
                 for arrivals in self.assembly.due():
-                    self._enqueue(arrivals)
+                    self._record(arrivals, "queued")
                 self._collect()
                 self._dispatch()
                 self._renew()
@@ -261,7 +281,7 @@ class Node:
                     f"{self.identity} and queued the series again under it",
                 )
                 paths = {Path(p) for p in job.paths}
-                self._enqueue(Arrivals(job.study_uid, job.source_series_uid, paths))
+                self._record(Arrivals(job.study_uid, job.source_series_uid, paths), "queued")
                 continue
             logger.info(
                 "series ..%s: processing %d instance(s) (derived ..%s, attempt %d)",
