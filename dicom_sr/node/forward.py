@@ -85,6 +85,7 @@ def send_instances(
         return sent
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.connection_timeout = timeout  # a host that drops packets must not hang the forwarder
     contexts: dict[str, set[str]] = {}
     for _, ds in todo:
         syntaxes = contexts.setdefault(str(ds.SOPClassUID), set())
