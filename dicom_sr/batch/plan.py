@@ -141,6 +141,10 @@ def plan_archive(
     t0 = time.perf_counter()
     db = store.connect()
     db.executescript(_SCHEMA)
+    have = {row[1] for row in db.execute("PRAGMA table_info(plan_files)")}
+    for column in ("size INTEGER", "mtime INTEGER", "seen TEXT"):  # stores of older versions
+        if column.split()[0] not in have:
+            db.execute(f"ALTER TABLE plan_files ADD COLUMN {column}")
     pid = plan_id_for(inputs)
     plan = Plan(pid, identity_hash(config), uuid.uuid4().hex)
     db.execute(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import sys
 import time
 
@@ -139,6 +140,8 @@ def batch(
     try:
         with _BarProgress() if show else _LogProgress(quiet or as_json) as progress:
             report = run_batch(archive, config, out, options, progress=progress)
+    except sqlite3.DatabaseError as exc:  # an unusable job store is an unusable --out
+        raise click.BadParameter(f"{out}/jobs.sqlite3: {exc}", param_hint="--out") from None
     except KeyboardInterrupt:
         click.echo("interrupted: run the same command again to resume", err=True)
         sys.exit(130)
