@@ -44,6 +44,7 @@ class BatchOptions:
     dry_run: bool = False
     lease_seconds: float = LEASE_SECONDS
     tick_seconds: float = 10.0
+    connect_timeout: float = 30.0
 
 
 @dataclass
@@ -127,7 +128,10 @@ def _execute(todo, config, out, options, store, stats, info, progress) -> None:
     max_attempts = options.retries + 1
     cluster = None
     if options.scheduler:
-        client = Client(options.scheduler)
+        try:
+            client = Client(options.scheduler, timeout=options.connect_timeout)
+        except OSError as exc:
+            raise ConnectionError(f"no Dask scheduler at {options.scheduler}: {exc}") from exc
     else:
         n = options.workers or max(1, (os.cpu_count() or 1) // threads)
         kw = {"resources": {"GPU": options.gpus_per_worker}} if options.gpus_per_worker else {}

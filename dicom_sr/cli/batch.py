@@ -140,6 +140,8 @@ def batch(
     try:
         with _BarProgress() if show else _LogProgress(quiet or as_json) as progress:
             report = run_batch(archive, config, out, options, progress=progress)
+    except ConnectionError as exc:
+        raise click.BadParameter(str(exc), param_hint="--scheduler") from None
     except sqlite3.DatabaseError as exc:  # an unusable job store is an unusable --out
         raise click.BadParameter(f"{out}/jobs.sqlite3: {exc}", param_hint="--out") from None
     except KeyboardInterrupt:
