@@ -237,10 +237,15 @@ def _outcome(fut, key: str, store: JobStore, max_attempts: int) -> str:
     if status == "retry":
         logger.info("series job %s: attempt %s failed, retrying", key, result.get("attempt"))
         return "again"
-    state = result.get("state")  # busy
+    state = result.get("state")  # busy: another owner holds it, or it was finished
     if state in ("done", "failed"):
         return state
-    return "later" if state == "processing" else "again"
+    if state == "processing":
+        return "later"
+    if state == "queued":
+        return "again"
+    logger.warning("series job %s: unexpected state %s in the job store", key, state)
+    return "failed"
 
 
 def _count(stats: BatchStats, outcome: str, series, job) -> None:
