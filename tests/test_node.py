@@ -18,7 +18,15 @@ import pydicom
 import pytest
 from conftest import us_file
 from pydicom.filebase import DicomBytesIO
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    JPEGLSLossless,
+    RLELossless,
+    generate_uid,
+)
 from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import CTImageStorage, UltrasoundImageStorage, Verification
 
@@ -384,3 +392,33 @@ def test_a_series_is_received_then_queued_and_a_restart_assembles_it_again(tmp_p
     again._record(Arrivals("1.2", "1.2.3", {paths[1]}), "queued")
     revs = sorted((j.revision, j.state) for j in JobStore(tmp_path).jobs())
     assert revs == [(0, "done"), (1, "queued")]
+
+
+@pytest.mark.network
+@pytest.mark.parametrize(
+    "syntax, name",
+    [
+        (DeflatedExplicitVRLittleEndian, "US1_UNCR.dcm"),
+        (JPEGLSLossless, "US1_UNCR.dcm"),
+        (RLELossless, "US1_UNCR.dcm"),
+        (ExplicitVRBigEndian, "ExplVR_BigEnd.dcm"),  # as stored
+    ],
+    ids=lambda v: UID(v).keyword if v.startswith("1.") else "",
+)
+def test_other_transfer_syntaxes_are_spooled_as_sent(scp, syntax, name):
+    ds = pydicom.dcmread(us_file(name))
+    ds.SOPInstanceUID = generate_uid()
+    if UID(syntax).is_compressed:
+        ds.compress(syntax)
+    elif syntax != ds.file_meta.TransferSyntaxUID:
+        ds.file_meta.TransferSyntaxUID = syntax
+    ae = AE(ae_title="GOODSCU")
+    ae.add_requested_context(ds.SOPClassUID, [syntax])
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title="DICOMSR")
+    assert assoc.is_established
+    assert assoc.send_c_store(ds).Status == 0x0000
+    assoc.release()
+    (got,) = scp.received
+    back = pydicom.dcmread(got.path)
+    assert back.file_meta.TransferSyntaxUID == syntax
+    np.testing.assert_array_equal(back.pixel_array, pydicom.dcmread(us_file(name)).pixel_array)
