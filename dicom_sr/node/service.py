@@ -68,7 +68,7 @@ class Node:
         self.identity = identity_hash(config)
         self.out_dir = Path(options.out_dir)
         self.derived_dir = self.out_dir / "derived"
-        self.spool = Spool(self.out_dir)
+        self.spool = Spool(self.out_dir, max_pixels=config.output.max_pixels)
         self.store = JobStore(self.out_dir)
         self.assembly = Assembly(options.series_timeout)
         self.metrics = Metrics()

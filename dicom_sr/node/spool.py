@@ -138,8 +138,9 @@ def write_bytes_atomic(data: bytes, path: Path) -> None:
 class Spool:
     """The node's durable inbox (``OUT/incoming``) and its quarantine (``OUT/quarantine``)."""
 
-    def __init__(self, out_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, out_dir: str | os.PathLike[str], *, max_pixels: int | None = None) -> None:
         self.out_dir = Path(out_dir)
+        self.max_pixels = max_pixels
         self.root = self.out_dir / "incoming"
         self.quarantine_dir = self.out_dir / "quarantine"
 
@@ -196,7 +197,7 @@ class Spool:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-            found = inspect_file(tmp)
+            found = inspect_file(tmp, max_pixels=self.max_pixels)
             if isinstance(found, Skipped):
                 raise InputError(source, found.reason.replace(tmp, "data set"))
             os.replace(tmp, path)
