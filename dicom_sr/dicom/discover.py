@@ -214,9 +214,9 @@ def _is_dicomdir(path: Path) -> bool:
             if f.read(4) != b"DICM":
                 return False
         meta = pydicom.filereader.read_file_meta_info(path)
+        return meta.get("MediaStorageSOPClassUID") == _MEDIA_STORAGE_DIRECTORY
     except Exception:  # noqa: BLE001 - not readable as a DICOMDIR: inspection says why
         return False
-    return meta.get("MediaStorageSOPClassUID") == _MEDIA_STORAGE_DIRECTORY
 
 
 def _dicomdir_records(dicomdir: Path) -> Iterator[tuple[Path, Skipped | None]]:
