@@ -16,17 +16,19 @@ filled in), byte for byte what :func:`pydicom.encaps.encapsulate` gives for the 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
 import tempfile
 from dataclasses import dataclass
+from functools import cached_property
 from io import BufferedIOBase, BytesIO
 from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 from highdicom.frame import encode_frame
-from pydicom.encaps import encapsulate_buffer
+from pydicom.encaps import EncapsulatedBuffer
 from pydicom.uid import (
     JPEG2000,
     JPEG2000MC,
@@ -160,6 +162,31 @@ class _Span(BufferedIOBase):
 
     def read1(self, size: int = -1, /) -> bytes:
         return self.read(size)
+
+
+class _Encapsulated(EncapsulatedBuffer):
+    """pydicom's :class:`~pydicom.encaps.EncapsulatedBuffer` with the item lengths, offsets and
+    Basic Offset Table computed once, not on every read.
+
+    pydicom 3.0 recomputes them (quadratic in the frame count) for each 8 KiB that ``dcmwrite``
+    reads: writing a 120-frame cine of 111 MB took 300 s instead of under one.
+    """
+
+    @cached_property
+    def lengths(self) -> list[int]:
+        return [item.length for item in self._items]
+
+    @cached_property
+    def offsets(self) -> list[int]:
+        return list(itertools.accumulate(self.lengths[:-1], initial=0))
+
+    @cached_property
+    def basic_offset_table(self) -> bytes:
+        return super().basic_offset_table
+
+    @cached_property
+    def encapsulated_length(self) -> int:
+        return len(self.basic_offset_table) + sum(self.lengths)
 
 
 class FrameEncoder:
@@ -322,7 +349,7 @@ class FrameEncoder:
             offsets_fit = last_offset <= 2**32 - 1
             if not offsets_fit:
                 logger.info("pixel data over 4 GiB: writing an empty Basic Offset Table")
-            pixel_data = encapsulate_buffer(spans, has_bot=offsets_fit)
+            pixel_data = _Encapsulated(spans, use_bot=offsets_fit)
             size = pixel_data.encapsulated_length
         else:
             if total % 2:
