@@ -386,6 +386,11 @@ def _register_catalogue() -> None:
         variant("transfer syntax", name, "single", expect)(
             lambda ds, uid=uid: _lie_about_syntax(ds, uid)
         )
+    # a meta VR that does not parse, or is no VR (the slow profile found these escaping)
+    for vr, expect in ((b"UV", REJECT), (b"AI", ANY)):
+        variant("transfer syntax", f"MediaStorageSOPClassUID as {vr.decode()}", "single", expect)(
+            lambda ds, vr=vr: _bytes(ds).replace(b"\x02\x00\x02\x00UI", b"\x02\x00\x02\x00" + vr, 1)
+        )
     variant("transfer syntax", "deflate over native", "single", ANY)(
         lambda ds: _lie_about_syntax(ds, DeflatedExplicitVRLittleEndian)
     )
