@@ -151,7 +151,9 @@ def derive_dataset(
                 continue
             ds.add(copy.deepcopy(elem))
         except Exception as exc:  # noqa: BLE001 - pydicom converts raw values lazily
-            raise InputError(where, f"{tag_name(tag)} cannot be read: {brief(exc)}") from None
+            raise InputError(
+                where, f"{tag_name(tag)} cannot be read: {brief(exc)}", tag=tag_name(tag)
+            ) from None
     ds.remove_private_tags()  # also inside sequences
     for keyword in PALETTE_KEYWORDS:
         ds.pop(keyword, None)
