@@ -114,8 +114,15 @@ class EngineConfig(_Frozen):
     back_projection_iters: int = Field(10, ge=0, description="back-projection passes")
     tile: int = Field(256, ge=32, description="LR tile side for inference")
     tile_overlap: int = Field(16, ge=0, description="overlap of inference tiles, LR px")
-    bf16: bool = Field(False, description="bf16 autocast at inference")
-    channels_last: bool = Field(False, description="channels-last memory format at inference")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="inference arithmetic: auto is bf16 autocast with channels-last where the "
+        "hardware has native bf16 (CUDA, AVX512-BF16, AMX), else fp32",
+    )
+    bf16: bool = Field(False, description="force bf16 autocast at inference (precision bf16)")
+    channels_last: bool = Field(
+        True, description="channels-last memory format at inference (always with bf16)"
+    )
     # the guard: held-aside pairs decide between the model and ibp
     guard: bool = Field(True, description="check the model against ibp on held-aside pairs")
     guard_margin_db: float = Field(

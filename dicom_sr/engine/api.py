@@ -25,7 +25,7 @@ import torch
 from dicom_sr.config import EngineConfig
 from dicom_sr.engine.guard import hold_aside, judge
 from dicom_sr.engine.guard import skipped as guard_skipped
-from dicom_sr.engine.infer import back_project, self_ensemble
+from dicom_sr.engine.infer import back_project, precision, self_ensemble
 from dicom_sr.engine.resize import upscale_bicubic
 
 __all__ = [
@@ -86,12 +86,16 @@ def pixel_identity(config: EngineConfig) -> dict[str, str]:
     """What, besides the configuration, decides the output pixels of ``config.method``.
 
     The perceptual loss source (a VGG19 file found in the hub cache changes the training) with
-    the file's digest, and the device kind (CPU and CUDA kernels differ in the last bits). The
+    the file's digest, the device kind (CPU and CUDA kernels differ in the last bits) and the
+    inference precision that ``engine.precision`` resolves to on this machine. The
     pipeline hashes this with the configuration into the derived UIDs, so one UID is one set of
     pixels. Seed and thread count are in the configuration hash or do not change the pixels.
     """
     method = get_method(config.method)
-    identity = {"device": select_device(config.device).type}
+    device = select_device(config.device)
+    identity = {"device": device.type}
+    if method.learned:  # "auto" resolves per machine: bf16 where native, else fp32
+        identity["precision"] = precision(config, device)
     if method.learned and config.method == "cyclegan" and config.losses.perceptual > 0:
         from dicom_sr.engine.nets import find_vgg19_weights
 

@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 #: Sizes of the held-aside strip the pairs are cut from: the frame's own, and half of it
 #: (the smallest training father), so the pairs span the scales training learns from.
 GUARD_FACTORS = (1.0, 0.5)
+#: Smallest side of a held-aside son, LR pixels (a 72 px LR crop at x4 still holds a band).
+MIN_SON = 6
 
 
 @dataclass
@@ -69,9 +71,9 @@ def _place(frame: np.ndarray, width: int, axis: int) -> int:
 def _strip_for(shape: tuple[int, int], frame: np.ndarray, config: EngineConfig) -> Strip | None:
     """Where to put the band in frames of ``shape``, or None when the frame is too small.
 
-    The band is at most ``config.crop_size`` and a quarter of the frame wide, and at least 8
-    LR pixels; beside it, the frame must still hold a training crop. Of the two orientations
-    the one whose band holds the most pair pixels wins.
+    The band is at most ``config.crop_size`` and a third of the frame wide, and at least
+    ``MIN_SON`` LR pixels; beside it, the frame must still hold a training crop. Of the two
+    orientations the one whose band holds the most pair pixels wins.
     """
     s = config.scale
     crop = min(config.crop_size, min(shape) // 2) // s * s
@@ -79,8 +81,8 @@ def _strip_for(shape: tuple[int, int], frame: np.ndarray, config: EngineConfig) 
     for axis in (-1, -2):
         across = shape[axis]  # the band's width is taken along this axis
         length = shape[-1 if axis == -2 else -2]
-        width = min(config.crop_size, across // 4) // s * s
-        if width < 8 * s or across - width < crop or length < width:
+        width = min(config.crop_size, across // 3) // s * s
+        if width < MIN_SON * s or across - width < crop or length < width:
             continue
         pixels = (length // width) * width * width
         if best is None or pixels > best[0]:
@@ -104,7 +106,7 @@ def _band(frame: torch.Tensor, strip: Strip, fac: float) -> torch.Tensor:
 def _tiles(band: torch.Tensor, axis: int, scale: int) -> list[torch.Tensor]:
     """Square tiles along the band (side: the band's width, a multiple of the scale)."""
     side = band.shape[axis] // scale * scale
-    if side < 8 * scale:  # at least 8 LR pixels a side
+    if side < MIN_SON * scale:
         return []
     length = band.shape[-2 if axis == -1 else -1]
     out = []
