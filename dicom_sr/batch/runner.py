@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 
 REPORT_NAME = "batch-report.json"
 
+#: How often the client looks for finished tasks and calls the progress hook.
+POLL_SECONDS = 0.2
+
 
 @dataclass(frozen=True)
 class BatchOptions:
@@ -43,7 +46,6 @@ class BatchOptions:
     limit: int | None = None
     dry_run: bool = False
     lease_seconds: float = LEASE_SECONDS
-    tick_seconds: float = 10.0
     connect_timeout: float = 30.0
 
 
@@ -112,7 +114,7 @@ def run_batch(
 def _execute(todo, config, out, options, store, stats, info, progress) -> None:
     """Submit the series to the cluster and follow them until each is done or failed."""
     try:
-        from distributed import Client, LocalCluster, wait
+        from distributed import Client, LocalCluster, as_completed
     except ImportError as exc:  # pragma: no cover - an extra
         raise RuntimeError(
             "dicom-sr batch needs distributed: pip install 'dicom-sr[batch]'"
@@ -156,8 +158,11 @@ def _execute(todo, config, out, options, store, stats, info, progress) -> None:
 
         order = {k: len(todo) - i for i, k in enumerate(by_key)}  # plan order: study, series
 
-        def submit(key: str):
-            return client.submit(
+        pending: dict[Any, str] = {}
+        ready = as_completed([], with_results=False)
+
+        def submit(key: str) -> None:
+            fut = client.submit(
                 run_series_task,
                 jobs[key].paths,
                 cfg_dict,
@@ -170,8 +175,11 @@ def _execute(todo, config, out, options, store, stats, info, progress) -> None:
                 pure=False,
                 key=f"dicom-sr-series-{key}-{time.monotonic_ns()}",
             )
+            pending[fut] = key
+            ready.add(fut)
 
-        pending = {submit(k): k for k in by_key}
+        for key in by_key:
+            submit(key)
         later: list[tuple[float, str]] = []
         last_tick = 0.0
         while pending or later:
@@ -184,22 +192,15 @@ def _execute(todo, config, out, options, store, stats, info, progress) -> None:
                 elif job.state == "processing" and not job.lease_gone():
                     later.append((now + options.lease_seconds / 3, key))
                 else:
-                    pending[submit(key)] = key
-            if pending:
-                try:
-                    finished = wait(
-                        list(pending), timeout=options.tick_seconds, return_when="FIRST_COMPLETED"
-                    ).done
-                except TimeoutError:
-                    finished = set()
-            else:
-                time.sleep(min(options.tick_seconds, max(0.0, later[0][0] - now)))
-                finished = set()
+                    submit(key)
+            finished = ready.next_batch(block=False) if ready.has_ready() else []
+            if not finished:
+                time.sleep(POLL_SECONDS)  # O(1) per look, however many series are in flight
             for fut in finished:
                 key = pending.pop(fut)
                 outcome = _outcome(fut, key, store, max_attempts)
                 if outcome == "again":
-                    pending[submit(key)] = key
+                    submit(key)
                 elif outcome == "later":
                     later.append((time.monotonic() + options.lease_seconds / 3, key))
                 else:
