@@ -95,6 +95,7 @@ def _write_instance(
             reader.layout,
             config.output.compress,
             config.output.jpeg_quality,
+            spool_dir=out_dir,  # on the output's disk, not a RAM-backed /tmp
         ) as encoder:
             n = 0
             for frame in reader:
