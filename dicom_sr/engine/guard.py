@@ -8,7 +8,8 @@ downscaled copies (:func:`dicom_sr.engine.fathers.build_fathers`). The strip and
 half-size copy are cut into square HR crops; their sons are the crops degraded by the
 configured kernel, exactly like the training pairs. After training, :func:`judge` runs the
 model's own inference path (self-ensemble and back projection, :func:`.infer.self_ensemble`)
-and ``ibp`` on the ``config.guard_pairs`` most textured pairs and compares mean PSNR. When the
+and ``ibp`` on the ``config.guard_pairs`` most textured pairs and compares their PSNR (squared
+error pooled over the pairs). When the
 model does not beat ``ibp`` by ``config.guard_margin_db``, the decision is ``"ibp"`` and
 :func:`dicom_sr.engine.api.upscale` returns the ``ibp`` output for that model.
 
@@ -150,9 +151,7 @@ def hold_aside(frames: Sequence[np.ndarray], config: EngineConfig) -> HeldAside:
     return held
 
 
-def _psnr(sr: torch.Tensor, hr: torch.Tensor, shave: int) -> float:
-    d = (sr.double() - hr.double())[..., shave:-shave, shave:-shave]
-    mse = float((d * d).mean())
+def _db(mse: float) -> float:
     return 10.0 * math.log10(1.0 / max(mse, 1e-12))
 
 
@@ -163,7 +162,14 @@ def _ibp(lr: torch.Tensor, config: EngineConfig) -> torch.Tensor:
 
 def skipped(reason: str) -> dict[str, Any]:
     """``info["guard"]`` when no judgement was made (guard off, nothing held aside)."""
-    return {"decision": "model", "model_db": None, "ibp_db": None, "pairs": 0, "reason": reason}
+    return {
+        "decision": "model",
+        "model_db": None,
+        "ibp_db": None,
+        "pairs": 0,
+        "margin_db": None,
+        "reason": reason,
+    }
 
 
 @torch.inference_mode()
@@ -173,31 +179,35 @@ def judge(
     """Score ``G`` (eval mode) and ``ibp`` on the held-aside pairs; the decision and scores.
 
     Returns ``{"decision": "model" | "ibp", "model_db", "ibp_db", "pairs", "margin_db",
-    "reason"}``; the dB values are means over the pairs of PSNR (``scale`` px border shaved).
+    "reason"}``; the dB values are PSNR of the squared error pooled over all pairs (``scale``
+    px border shaved).
     """
     if not held.hr:
         return skipped("frames too small to hold pairs aside; not checked")
     s = config.scale
-    model_db, ibp_db = [], []
+    sq = {"model": 0.0, "ibp": 0.0}  # squared errors and pixels pooled over all pairs: one
+    count = 0  # near-flat pair with a tiny MSE must not dominate (it did, as a mean of dB)
     # same-sized pairs run as one batch through the inference path
     groups: dict[tuple[int, int], list[int]] = {}
     for i, x in enumerate(held.lr):
         groups.setdefault(tuple(x.shape[-2:]), []).append(i)
     for idx in groups.values():
         lr = torch.cat([held.lr[i] for i in idx]).to(device)
-        hr = torch.cat([held.hr[i] for i in idx]).to(device)
-        sr_model = self_ensemble(G, lr, config, device)
-        sr_ibp = _ibp(lr, config)
-        for j in range(len(idx)):
-            model_db.append(_psnr(sr_model[j], hr[j], s))
-            ibp_db.append(_psnr(sr_ibp[j], hr[j], s))
-    m, b = float(np.mean(model_db)), float(np.mean(ibp_db))
+        hr = torch.cat([held.hr[i] for i in idx]).to(device)[..., s:-s, s:-s].double()
+        for name, sr in (
+            ("model", self_ensemble(G, lr, config, device)),
+            ("ibp", _ibp(lr, config)),
+        ):
+            d = sr[..., s:-s, s:-s].double() - hr
+            sq[name] += float((d * d).sum())
+        count += hr.numel()
+    m, b = (_db(sq[k] / count) for k in ("model", "ibp"))
     gain = m - b
     margin = config.guard_margin_db
     decision = "model" if gain >= margin else "ibp"
     verdict = "kept" if decision == "model" else "output is ibp"
     reason = (
-        f"model {gain:+.2f} dB against ibp on {len(model_db)} held-aside pairs "
+        f"model {gain:+.2f} dB against ibp on {len(held.hr)} held-aside pairs "
         f"(margin {margin:+.2f} dB): {verdict}"
     )
     logger.info("guard: %s", reason)
@@ -205,7 +215,7 @@ def judge(
         "decision": decision,
         "model_db": round(m, 4),
         "ibp_db": round(b, 4),
-        "pairs": len(model_db),
+        "pairs": len(held.hr),
         "margin_db": margin,
         "reason": reason,
     }
