@@ -55,3 +55,19 @@ def test_evaluate_rejects_bad_scale(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "--scale" in result.output
+
+
+def test_method_names_are_the_engine_registry() -> None:
+    """One fact: the names the configuration and the CLI accept are the registered methods."""
+    from dicom_sr.cli.options import METHOD_NAMES
+    from dicom_sr.engine import METHODS
+
+    assert sorted(METHOD_NAMES) == sorted(METHODS)
+
+
+def test_process_listen_and_batch_take_the_same_pipeline_options() -> None:
+    from dicom_sr.cli.options import OPTION_KEYS
+
+    for name in ("process", "listen", "batch"):
+        params = {p.name for p in main.commands[name].params}
+        assert set(OPTION_KEYS) <= params, name

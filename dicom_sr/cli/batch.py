@@ -10,12 +10,12 @@ import time
 
 import click
 
-from dicom_sr.cli import (
-    _engine_options,
-    _engine_overrides,
-    _load_config,
-    _setup_logging,
-    _usable_out,
+from dicom_sr.cli.options import (
+    engine_options,
+    load_config,
+    output_options,
+    setup_logging,
+    usable_out,
 )
 
 logger = logging.getLogger("dicom_sr.batch")
@@ -30,16 +30,8 @@ logger = logging.getLogger("dicom_sr.batch")
     type=click.Path(file_okay=False),
     help="Output folder: derived series, manifest.jsonl, jobs.sqlite3, batch-report.json.",
 )
-@click.option("--scale", type=click.Choice(["2", "3", "4"]), default=None, help="Upscaling factor.")
-@_engine_options
-@click.option(
-    "--compress",
-    type=click.Choice(["none", "rle", "jpeg", "jpegls", "j2k"]),
-    default=None,
-    help="Output transfer syntax (default: the pipeline's).",
-)
-@click.option("--finetune", type=click.IntRange(min=0), default=None, metavar="N")
-@click.option("--cine-mode", type=click.Choice(["shared", "finetune", "cold"]), default=None)
+@engine_options
+@output_options
 @click.option(
     "--scheduler",
     default=None,
@@ -81,17 +73,6 @@ logger = logging.getLogger("dicom_sr.batch")
 def batch(
     archive,
     out_dir,
-    scale,
-    pipeline,
-    method,
-    iterations,
-    ensemble,
-    device,
-    seed,
-    vgg19,
-    compress,
-    finetune,
-    cine_mode,
     scheduler,
     workers,
     threads_per_worker,
@@ -102,28 +83,20 @@ def batch(
     as_json,
     quiet,
     verbose,
+    **opts,
 ):
     """Super-resolve every ultrasound series under ARCHIVE into --out, resumably.
 
     A re-run skips the series already done; a changed pipeline makes new derived series.
     Exit status: 0 when every usable series is done, 1 when one failed or none was usable.
     """
-    _setup_logging(verbose, quiet or as_json)
+    setup_logging(verbose, quiet or as_json)
     if verbose < 2:  # Dask's own INFO lines (nannies, workers) drown the progress lines
         _quiet_dask()
     if scheduler and (workers or gpus_per_worker):
         raise click.UsageError("--workers and --gpus-per-worker size the embedded cluster only")
-    overrides = _engine_overrides(scale, method, iterations, ensemble, device, seed, vgg19)
-    overrides.update(
-        {
-            "output.compress": compress,
-            "engine.finetune_iterations": finetune,
-            "engine.cine_mode": cine_mode or ("finetune" if finetune else None),
-            "engine.threads": threads_per_worker,
-        }
-    )
-    config = _load_config(pipeline, overrides)
-    out = _usable_out(out_dir)
+    config = load_config(opts, **{"engine.threads": threads_per_worker})
+    out = usable_out(out_dir)
 
     from dicom_sr.batch.runner import BatchOptions, run_batch
 

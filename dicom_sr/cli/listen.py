@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from dicom_sr.cli import _engine_options, _engine_overrides, _load_config
+from dicom_sr.cli.options import engine_options, load_config, output_options
 
 
 def _setup_node_logging(verbose: int, quiet: bool) -> int:
@@ -53,13 +53,8 @@ def _setup_node_logging(verbose: int, quiet: bool) -> int:
     show_default=True,
     help="A series is complete after this many seconds without a new instance.",
 )
-@click.option(
-    "--scale",
-    type=click.Choice(["2", "3", "4"]),
-    default=None,
-    help="Upscaling factor (default: the pipeline's).",
-)
-@_engine_options
+@engine_options
+@output_options
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None)
@@ -103,14 +98,6 @@ def listen(
     allow_ae,
     forward,
     series_timeout,
-    scale,
-    pipeline,
-    method,
-    iterations,
-    ensemble,
-    device,
-    seed,
-    vgg19,
     workers,
     tls_cert,
     tls_key,
@@ -122,6 +109,7 @@ def listen(
     forward_retry_max,
     quiet,
     verbose,
+    **opts,
 ):
     """Run a DICOM node: receive ultrasound series, super-resolve each, forward the results.
 
@@ -130,9 +118,7 @@ def listen(
     --series-timeout seconds without a new instance. SIGINT/SIGTERM stop it gracefully.
     """
     level = _setup_node_logging(verbose, quiet)
-    config = _load_config(
-        pipeline, _engine_overrides(scale, method, iterations, ensemble, device, seed, vgg19)
-    )
+    config = load_config(opts)
     from dicom_sr.node.forward import parse_destination
     from dicom_sr.node.scp import ScpOptions, server_ssl_context
     from dicom_sr.node.service import Node, NodeOptions

@@ -27,10 +27,11 @@ from dicom_sr.config import (
     load_pipeline,
 )
 from dicom_sr.dicom.discover import Instance, Skipped, discover
-from dicom_sr.dicom.frames import FrameDecodeError, open_frames
+from dicom_sr.dicom.frames import open_frames
 from dicom_sr.dicom.regions import tissue_regions
 from dicom_sr.engine import METHODS, fit, fit_cine, get_method, upscale
 from dicom_sr.engine.resize import downscale
+from dicom_sr.errors import InputError
 from dicom_sr.evaluate.measure import RssSampler, Timed
 from dicom_sr.evaluate.metrics import mean_abs_diff, psnr, shave, ssim, vif_p
 
@@ -198,7 +199,7 @@ def load_images(
             with open_frames(inst) as reader:
                 box = _crop_box(reader.header, inst, margin, multiple)
                 frame = next(iter(reader))
-        except (FrameDecodeError, ValueError, StopIteration) as exc:
+        except (InputError, ValueError, StopIteration) as exc:  # ValueError: crop too small
             skipped.append(Skipped(str(inst.path), str(exc) or "no frames"))
             logger.warning("not evaluated: %s: %s", inst.path, exc)
             continue

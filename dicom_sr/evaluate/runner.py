@@ -13,7 +13,7 @@ import numpy as np
 from dicom_sr import __version__
 from dicom_sr.config import PipelineConfig
 from dicom_sr.dicom.discover import Skipped
-from dicom_sr.dicom.frames import FrameDecodeError
+from dicom_sr.errors import InputError
 from dicom_sr.evaluate import figures
 from dicom_sr.evaluate.measure import machine_info
 from dicom_sr.evaluate.protocol import (
@@ -177,7 +177,7 @@ def run_evaluation(
     for inst in cine_insts:
         try:
             hr_frames = load_cine(inst, scales=scales, margin=margin, max_frames=cine_frames)
-        except (FrameDecodeError, ValueError) as exc:
+        except (InputError, ValueError) as exc:
             skipped.append(Skipped(str(inst.path), f"cine: {exc}"))
             continue
         for s in scales:
