@@ -126,7 +126,9 @@ class EngineConfig(_Frozen):
     # the guard: held-aside pairs decide between the model and ibp
     guard: bool = Field(True, description="check the model against ibp on held-aside pairs")
     guard_margin_db: float = Field(
-        0.0, description="the model is kept when it beats ibp on the held-aside pairs by this"
+        -1.0,
+        description="the model is kept unless it trails ibp on the held-aside pairs by more "
+        "than this (measured: the pairs' score does not rank small gains; -1 dB catches failures)",
     )
     guard_pairs: int = Field(8, ge=1, description="held-aside father/son pairs the guard scores")
     # cines
