@@ -260,7 +260,7 @@ def test_vgg19_loads_torchvision_keys(tmp_path, monkeypatch):
 
 def test_perceptual_source_reported(tissue, tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # empty: no VGG19
-    monkeypatch.setattr(train_mod, "_warned_vgg", False)
+    train_mod._warn_no_vgg19.cache_clear()  # warned once per process: start afresh
     cfg = small(iterations=2)
     with caplog.at_level(logging.WARNING, logger="dicom_sr.engine.train"):
         res = train([tissue], cfg, method="cyclegan", device=CPU)

@@ -267,6 +267,9 @@ def get_method(name: str) -> Method:
 
 
 def _set_threads(config: EngineConfig) -> None:
+    """Apply ``engine.threads`` (0 keeps torch's default). torch has only a process-wide
+    setting, so it belongs to the process: ``listen`` and ``batch`` run one series per worker
+    process, whose configuration is the only one there; the check makes repeat calls free."""
     if config.threads > 0 and torch.get_num_threads() != config.threads:
         torch.set_num_threads(config.threads)  # process-wide: torch has no local setting
 

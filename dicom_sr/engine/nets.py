@@ -12,7 +12,6 @@ generator and back projection share one pixel grid.
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 from pathlib import Path
@@ -297,16 +296,14 @@ class VGG19Features(nn.Module):
 def find_vgg19_weights(configured: str | None) -> Path | None:
     """Locate a VGG19 state dict: ``configured``, else the torch hub cache; None if absent.
 
-    The hub cache is ``$TORCH_HOME/hub/checkpoints`` (``~/.cache/torch`` when unset), where
-    torchvision stores ``vgg19-<hash>.pth``. Nothing is downloaded.
+    The hub cache is ``torch.hub.get_dir()/checkpoints`` (``$TORCH_HOME/hub``, by default
+    ``~/.cache/torch/hub``), where torchvision stores ``vgg19-<hash>.pth``. Nothing is
+    downloaded.
     """
     if configured:
         p = Path(configured).expanduser()
         if not p.is_file():
             raise FileNotFoundError(f"vgg19_weights: no such file {p}")
         return p
-    home = os.environ.get("TORCH_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "torch"
-    )
-    hits = sorted(glob.glob(os.path.join(home, "hub", "checkpoints", "vgg19-*.pth")))
-    return Path(hits[0]) if hits else None
+    hits = sorted(Path(torch.hub.get_dir(), "checkpoints").glob("vgg19-*.pth"))
+    return hits[0] if hits else None

@@ -92,7 +92,10 @@ def taps(
     return np.ascontiguousarray(idx[:, keep]), np.ascontiguousarray(w[:, keep])
 
 
-@lru_cache(maxsize=32)  # a 2560 x 1280 matrix is 13 MB: keep few (per device and dtype)
+# Process-wide on purpose: a pure function of its arguments (sizes, kernel, device, dtype),
+# bounded (a 2560 x 1280 matrix is 13 MB: keep few), and each front end runs one series per
+# worker process, so what it holds is that worker's.
+@lru_cache(maxsize=32)
 def _matrix_on(
     in_len: int,
     out_len: int,

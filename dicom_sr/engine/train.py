@@ -19,6 +19,7 @@ the iteration cap.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -51,7 +52,6 @@ _EVAL_CROP = 256
 #: What ``TrainResult.perceptual`` (and the provenance) says when the term was left out for
 #: want of VGG19 weights, as opposed to ``"off"`` (weight zero).
 NO_VGG19 = "off (no VGG19 weights)"
-_warned_vgg = False
 
 
 @dataclass
@@ -128,24 +128,25 @@ def _eval_crops(frames: Sequence[np.ndarray], scale: int, device: torch.device) 
 
 
 def _perceptual_net(config: EngineConfig, device: torch.device) -> VGG19Features | None:
-    global _warned_vgg
     path = find_vgg19_weights(config.vgg19_weights)
     if path is not None:
         logger.info("perceptual loss: VGG19 conv4_4 from %s", path)
         return VGG19Features.from_file(path).to(device)
-    if not _warned_vgg:
-        instead = (
-            "uses the features of D_hr instead"
-            if config.perceptual_fallback == "d_hr"
-            else "is left out (engine.perceptual_fallback)"
-        )
-        logger.warning(
-            "no VGG19 weights (engine.vgg19_weights or the torch hub cache): the perceptual "
-            "loss %s",
-            instead,
-        )
-        _warned_vgg = True
+    _warn_no_vgg19(config.perceptual_fallback)
     return None
+
+
+@functools.cache
+def _warn_no_vgg19(fallback: str) -> None:
+    """Warn once per process and fallback. Deliberately process-wide: the missing file is a
+    fact of this machine, not of one series, and a worker runs thousands of series; each
+    series' provenance still records what its perceptual term was."""
+    instead = "uses the features of D_hr instead" if fallback == "d_hr" else "is left out"
+    logger.warning(
+        "no VGG19 weights (engine.vgg19_weights or the torch hub cache): the perceptual loss %s"
+        " (engine.perceptual_fallback)",
+        instead,
+    )
 
 
 def _build(
