@@ -208,7 +208,7 @@ class PipelineConfig(_Frozen):
     """A named, versioned processing configuration."""
 
     name: str = DEFAULT_PIPELINE
-    version: str = "2"
+    version: str = "3"
     description: str = ""
     engine: EngineConfig = EngineConfig()
     output: OutputConfig = OutputConfig()
