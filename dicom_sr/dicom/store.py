@@ -90,7 +90,8 @@ def output_path(out_dir: str | os.PathLike[str], ds: Dataset) -> Path:
     )
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (a rename in it) to disk."""
     if os.name != "posix":  # pragma: no cover - directories cannot be opened on Windows
         return
     fd = os.open(folder, os.O_RDONLY)
@@ -139,7 +140,7 @@ def write_atomic(ds: Dataset, path: str | os.PathLike[str]) -> int:
             size = fh.tell()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException as exc:
         try:
             os.unlink(tmp)

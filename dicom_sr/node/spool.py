@@ -19,7 +19,7 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -29,6 +29,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.uid import UID
 
 from dicom_sr.dicom.discover import Skipped, inspect_file
+from dicom_sr.dicom.store import fsync_dir
 from dicom_sr.errors import InputError, WriteError
 
 __all__ = [
@@ -108,16 +109,14 @@ def parse(data: bytes, source: str) -> pydicom.Dataset:
     return ds
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def write_bytes_atomic(
+    data: bytes, path: Path, check: Callable[[Path], None] | None = None
+) -> None:
+    """Write ``data`` at ``path`` all or nothing (temp file, fsync, rename, fsync folder).
 
-
-def write_bytes_atomic(data: bytes, path: Path) -> None:
-    """Write ``data`` at ``path`` all or nothing (temp file, fsync, rename, fsync folder)."""
+    ``check(temp_path)`` runs on the complete temporary file before the rename: whatever it
+    raises leaves nothing under ``path`` (and no temporary file).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
@@ -125,6 +124,8 @@ def write_bytes_atomic(data: bytes, path: Path) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        if check is not None:
+            check(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -132,7 +133,7 @@ def write_bytes_atomic(data: bytes, path: Path) -> None:
         except FileNotFoundError:
             pass
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 class Spool:
@@ -190,24 +191,13 @@ class Spool:
 
     def _write_checked(self, data: bytes, path: Path, source: str) -> None:
         """Write to a temp name, check the image is processable there, then rename."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
+
+        def processable(tmp: Path) -> None:
             found = inspect_file(tmp, max_pixels=self.max_pixels)
             if isinstance(found, Skipped):
-                raise InputError(source, found.reason.replace(tmp, "data set"))
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-        _fsync_dir(path.parent)
+                raise InputError(source, found.reason.replace(str(tmp), "data set"))
+
+        write_bytes_atomic(data, path, processable)
 
     def quarantine(self, data: bytes, reason: str) -> Path | None:
         """Keep a refused data set with a ``.txt`` reason beside it; None if that fails too."""
