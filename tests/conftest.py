@@ -59,3 +59,22 @@ def us_file(name: str) -> Path:
 def us_path(request) -> Path:
     """Each real ultrasound file in turn."""
     return us_file(request.param)
+
+
+def dcmtk(tool: str) -> str | None:
+    """Path of a dcmtk (Debian) tool, never pynetdicom's same-named script in the venv.
+
+    pynetdicom installs ``echoscu``, ``storescu`` and ``storescp`` apps of its own into the
+    venv's ``bin``, which comes first on PATH once the venv is activated (as CI does).
+    """
+    import os
+    import shutil
+    import sys
+
+    venv_bin = Path(sys.executable).parent.resolve()
+    dirs = [
+        d
+        for d in os.environ.get("PATH", "").split(os.pathsep)
+        if d and Path(d).resolve() != venv_bin
+    ]
+    return shutil.which(tool, path=os.pathsep.join(dirs))

@@ -3,7 +3,6 @@ storescp as the --forward destination): what a PACS administrator would check.""
 
 from __future__ import annotations
 
-import shutil
 import signal
 import socket
 import subprocess
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import us_file
+from conftest import dcmtk, us_file
 from pydicom.uid import generate_uid
 
 from dicom_sr.jobs import JobStore
@@ -21,7 +20,7 @@ from dicom_sr.jobs import JobStore
 pytestmark = [
     pytest.mark.network,
     pytest.mark.skipif(
-        not all(shutil.which(t) for t in ("echoscu", "storescu", "dcmsend", "storescp")),
+        not all(dcmtk(t) for t in ("echoscu", "storescu", "dcmsend", "storescp")),
         reason="dcmtk not installed",
     ),
 ]
@@ -83,7 +82,16 @@ class StoreScp:
         self.folder, self.port = folder, port or free_port()
         folder.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            ["storescp", "-aet", "STORESCP", "+xa", "+uf", "-od", str(folder), str(self.port)],
+            [
+                dcmtk("storescp"),
+                "-aet",
+                "STORESCP",
+                "+xa",
+                "+uf",
+                "-od",
+                str(folder),
+                str(self.port),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )
@@ -113,8 +121,10 @@ def peers(tmp_path):
             peer.stop()
 
 
-def run(*cmd: str | Path) -> subprocess.CompletedProcess:
-    return subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=60)
+def run(tool: str, *args: str | Path | int) -> subprocess.CompletedProcess:
+    """Run a dcmtk tool (the Debian binary, not pynetdicom's app of the same name)."""
+    cmd = [dcmtk(tool), *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 
 
 def check_derived(got: list[pydicom.Dataset], sources: list[Path]) -> None:
