@@ -203,10 +203,10 @@ def test_worker_killed_mid_series_is_retried(tmp_path, cluster):
 # -- the command, killed and restarted; then the same on a cluster ------------------------------
 
 
-def _batch_cmd(archive: Path, out: Path, *extra: str) -> list[str]:
+def _batch_cmd(archive: Path, out: Path, *extra: str, method: str = "bicubic") -> list[str]:
     code = "import sys; from dicom_sr.cli import main; sys.exit(main())"
     return [sys.executable, "-c", code, "batch", str(archive), "--out", str(out),
-            "--method", "bicubic", *extra]  # fmt: skip
+            "--method", method, *extra]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -217,8 +217,10 @@ def killed_and_restarted(tmp_path_factory):
     _copy(RESUME, archive)
     _last_cine(archive)
     out = root / "out"
+    # ibp: the cine's back projection lasts seconds, so the kill lands while it runs on an
+    # idle machine too (bicubic could finish within the second the fixture waits)
     proc = subprocess.Popen(
-        _batch_cmd(archive, out, "--workers", "1"),
+        _batch_cmd(archive, out, "--workers", "1", method="ibp"),
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -231,7 +233,7 @@ def killed_and_restarted(tmp_path_factory):
             jobs = JobStore(out).jobs()
             cine = [j for j in jobs if j.frames == CINE_FRAMES]
             if cine and cine[0].state == "processing":
-                time.sleep(1.0)
+                time.sleep(0.5)
                 before = {j.key: (j.state, j.attempts) for j in JobStore(out).jobs()}
                 os.killpg(proc.pid, signal.SIGKILL)
                 break
@@ -241,7 +243,9 @@ def killed_and_restarted(tmp_path_factory):
     done_before = {k for k, (state, _) in before.items() if state == "done"}
     written_before = _written(out)
     rerun = subprocess.run(
-        _batch_cmd(archive, out, "--workers", "1", "--json"), capture_output=True, text=True
+        _batch_cmd(archive, out, "--workers", "1", "--json", method="ibp"),
+        capture_output=True,
+        text=True,
     )
     return archive, out, done_before, written_before, rerun
 
@@ -266,7 +270,10 @@ def test_killed_batch_resumes_without_redoing_done_series(killed_and_restarted):
 def test_cluster_run_gives_identical_pixels(killed_and_restarted, cluster, tmp_path):
     archive, out, *_ = killed_and_restarted
     report = run_batch(
-        [archive], _config(), tmp_path / "out", BatchOptions(scheduler=cluster.scheduler_address)
+        [archive],
+        _config("ibp"),
+        tmp_path / "out",
+        BatchOptions(scheduler=cluster.scheduler_address),
     )
     assert report["series"]["done"] == len(RESUME) + 1
     embedded, on_cluster = _outputs(out), _outputs(tmp_path / "out")
