@@ -187,7 +187,7 @@ class JobStore:
             return db
         db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
         db.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
-        db.execute("PRAGMA journal_mode = WAL")
+        _use_wal(db, self.timeout)
         db.execute("PRAGMA synchronous = FULL")
         self._local.db, self._local.pid = db, os.getpid()
         return db
@@ -480,6 +480,28 @@ class JobStore:
                 " next_forward_at = ?, updated = ? WHERE key = ?",
                 (error, retry_at, time.time(), key),
             )
+
+
+def _use_wal(db: sqlite3.Connection, timeout: float) -> None:
+    """Switch ``db`` to WAL, retrying: SQLite runs no busy handler for this one pragma.
+
+    WAL is a property of the file, so only the first open of a fresh store converts it; two
+    processes opening a fresh store at once would otherwise see "database is locked" at once.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        try:
+            if db.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+                return
+            db.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
 
 
 class _Transaction:

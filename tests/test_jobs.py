@@ -202,3 +202,40 @@ def test_jobs_command_lists_states(tmp_path):
     assert res.exit_code == 0 and "planned" in res.output and "queued: 1, failed: 1" in res.output
     res = runner.invoke(main, ["jobs", "--out", str(tmp_path / "missing")])
     assert res.exit_code == 2
+
+
+
+def _open_fresh_stores(root: str, rounds: int, barrier, base, queue) -> None:
+    errors = []
+    if barrier.wait(120) == 0:
+        base.value = time.time() + 0.5
+    barrier.wait(60)
+    for r in range(rounds):
+        while time.time() < base.value + 0.3 * r:
+            pass  # every process opens the same fresh store at the same moment
+        try:
+            _add(JobStore(os.path.join(root, f"fresh{r}")), f"k{os.getpid()}")
+        except sqlite3.OperationalError as exc:
+            errors.append(f"round {r}: {exc}")
+    queue.put(errors)
+
+
+def test_many_processes_opening_a_fresh_store_at_once(tmp_path):
+    """SQLite runs no busy handler for ``PRAGMA journal_mode = WAL``: first opens of a fresh
+    store from several processes (a batch and its workers, or a ``jobs`` poll) must wait for
+    each other, not fail with "database is locked" (5 of 160 opens failed before the fix)."""
+    n, rounds = 8, 20
+    ctx = multiprocessing.get_context("spawn")
+    barrier, base, queue = ctx.Barrier(n), ctx.Value("d", 0.0), ctx.Queue()
+    args = (str(tmp_path), rounds, barrier, base, queue)
+    procs = [ctx.Process(target=_open_fresh_stores, args=args) for _ in range(n)]
+    for p in procs:
+        p.start()
+    errors = [e for _ in procs for e in queue.get(timeout=300)]
+    for p in procs:
+        p.join(10)
+    assert errors == []
+    for r in range(rounds):
+        store = JobStore(tmp_path / f"fresh{r}")
+        assert store.counts()["queued"] == n
+        assert store.connect().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
