@@ -204,7 +204,6 @@ def test_jobs_command_lists_states(tmp_path):
     assert res.exit_code == 2
 
 
-
 def _open_fresh_stores(root: str, rounds: int, barrier, base, queue) -> None:
     errors = []
     if barrier.wait(120) == 0:
