@@ -160,7 +160,7 @@ def test_sop_class_mismatch_is_0xA900(scp, tmp_path):
     assert _send_raw(scp.port, path) == STATUS_SOP_CLASS_MISMATCH
     assert not scp.received
     reason = next(scp.spool.quarantine_dir.glob("*.txt")).read_text()
-    assert "SOPClassUID (00080016)" in reason
+    assert "SOPClassUID (0008,0016)" in reason
 
 
 @pytest.mark.network
@@ -175,7 +175,8 @@ def test_truncated_pixels_and_bad_uids_are_refused_and_never_become_paths(scp, t
     bad = _explicit_little(ds, tmp_path / "bad-uid.dcm")
     assert _send_raw(scp.port, bad) == STATUS_UNUSABLE
     reasons = " ".join(p.read_text() for p in scp.spool.quarantine_dir.glob("*.txt"))
-    assert "SeriesInstanceUID (0020000E)" in reasons and "truncated" in reasons
+    assert "SeriesInstanceUID (0020,000E) is '../../escape'" in reasons
+    assert "not a valid UID" in reasons and "truncated" in reasons
     assert not scp.received
     assert not (scp.spool.out_dir.parent / "escape").exists()
     assert not list(scp.spool.root.rglob("*.dcm"))

@@ -30,7 +30,7 @@ from dicom_sr.dicom.store import (
     series_lock,
     write_atomic,
 )
-from dicom_sr.errors import WriteError
+from dicom_sr.errors import InputError, WriteError
 
 ROOT = Path(__file__).resolve().parents[1]
 UID_A = "1.2.826.0.1.3680043.8.498.1"
@@ -67,13 +67,19 @@ def test_output_path_layout_and_uid_checks(tmp_path, real_ds):
         real_ds.SOPInstanceUID + ".dcm"
     )
     real_ds.SOPInstanceUID = "../etc/passwd"
-    with pytest.raises(ValueError, match="SOPInstanceUID"):
+    with pytest.raises(InputError, match=r"SOPInstanceUID \(0008,0018\)") as err:
         output_path(tmp_path, real_ds)
+    assert err.value.path == str(tmp_path) and err.value.tag == "SOPInstanceUID (0008,0018)"
     too_long = "1.2." + "3" * 70  # digits and dots, but over the 64-character limit
-    with pytest.raises(ValueError, match=r"StudyInstanceUID .*74 characters"):
+    with pytest.raises(InputError, match=r"StudyInstanceUID \(0020,000D\) .*74 characters"):
         instance_path(tmp_path, too_long, "1.2.3", "1.2.4")
-    with pytest.raises(ValueError, match="SeriesInstanceUID"):
+    with pytest.raises(InputError, match=r"SeriesInstanceUID \(0020,000E\)"):
         instance_path(tmp_path, "1.2.3", "1.02.3", "1.2.4")  # leading zero
+    with pytest.raises(InputError, match=r"missing SOPInstanceUID \(0008,0018\)"):
+        instance_path(tmp_path, "1.2.3", "1.2.4", "")
+    # padding is not part of the name: the path holds the UID as validated
+    padded = instance_path(tmp_path, " 1.2.3 ", "1.2.4\0", "1.2.5")
+    assert padded == tmp_path / "1.2.3" / "1.2.4" / "1.2.5.dcm"
 
 
 def test_write_atomic_returns_size_and_leaves_no_temp(tmp_path, real_ds):
@@ -306,8 +312,9 @@ def test_a_write_killed_midway_leaves_a_part_that_the_next_run_removes(tmp_path)
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
 def test_series_lock_rejects_a_path_in_the_uid(tmp_path):
-    with pytest.raises(ValueError, match="SeriesInstanceUID"):
+    with pytest.raises(InputError, match=r"SeriesInstanceUID \(0020,000E\)"):
         series_lock(tmp_path, "../../etc")
+    assert not (tmp_path / ".locks").exists()
 
 
 def test_series_lock_excludes_another_process(tmp_path):

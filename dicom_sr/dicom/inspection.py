@@ -5,12 +5,12 @@ length checked against the image size without loading it. :func:`inspect` raises
 :class:`~dicom_sr.errors.InputError` for an unusable file (a reason naming the file and the
 tag, never a raw pydicom traceback); :func:`inspect_file` turns that into a :class:`Skipped`.
 What is refused, besides files that are not DICOM or are truncated: another Modality under an
-ultrasound SOP class, invalid UIDs (:meth:`pydicom.uid.UID.is_valid`: at most 64 characters,
-digits and dots, so the Study UID is always a short, safe folder name), image attributes
-that disagree (samples for the photometric interpretation, bits), a NumberOfFrames that
-disagrees with the Pixel Data (:func:`.decoders.check_frames`), PALETTE COLOR without usable
-lookup tables, unreadable US regions or regions that overflow when scaled, and instances that
-dicom-sr derived itself.
+ultrasound SOP class, invalid UIDs (:func:`valid_uid`, the one check for every UID that becomes
+part of a path: at most 64 characters, digits and dots, so the Study UID is always a short,
+safe folder name), image attributes that disagree (samples for the photometric
+interpretation, bits), a NumberOfFrames that disagrees with the Pixel Data
+(:func:`.decoders.check_frames`), PALETTE COLOR without usable lookup tables, unreadable US
+regions or regions that overflow when scaled, and instances that dicom-sr derived itself.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from dicom_sr.errors import InputError
 
 LOGGER = logging.getLogger(__name__)
 
-__all__ = ["Instance", "Skipped", "inspect", "inspect_file", "US_SOP_CLASSES"]
+__all__ = ["Instance", "Skipped", "inspect", "inspect_file", "valid_uid", "US_SOP_CLASSES"]
 
 #: Ultrasound image storage SOP classes (current and retired).
 US_SOP_CLASSES: frozenset[str] = frozenset(
@@ -141,19 +141,47 @@ def _int(ds: Dataset, keyword: str, path: Path, *, default: int | None = None) -
     return number
 
 
-def _uid(ds: Dataset, keyword: str, path: Path) -> str:
-    value = _get(ds, keyword, path)
-    if value is None:
-        raise _fail(path, keyword, f"missing {tag_name(keyword)}")
-    uid = UID(str(value))
-    if not uid.is_valid:
-        raise _fail(
+def valid_uid(value: object, keyword: str, path: str | os.PathLike[str]) -> str:
+    """``value`` as a UID safe to use as a file or folder name, else :class:`InputError`.
+
+    The one check for every UID that becomes part of a path (input inspection, the node's
+    spool, the output store). Surrounding whitespace and trailing NUL padding are removed; what
+    remains must be non-empty and pass :meth:`pydicom.uid.UID.is_valid`: at most 64
+    characters, digits and dots, no leading zeros (so never ``..``, ``/`` or a long name).
+
+    Parameters
+    ----------
+    value : object
+        The attribute's value (None when absent).
+    keyword : str
+        Its DICOM keyword, e.g. ``"SeriesInstanceUID"``; the error's tag is
+        ``Keyword (gggg,eeee)`` (:func:`~dicom_sr.dicom.reasons.tag_name`).
+    path : path-like
+        The file (or output folder) the UID belongs to, named by the error.
+
+    Returns
+    -------
+    str
+        The UID, stripped of its padding: use this, not ``value``, in the path.
+
+    Raises
+    ------
+    InputError
+        "missing Keyword (gggg,eeee)" for an absent or empty value, else "Keyword
+        (gggg,eeee) is '...' (n characters), not a valid UID: ...".
+    """
+    tag = tag_name(keyword)
+    text = "" if value is None else str(value).strip().rstrip("\0").strip()
+    if not text:
+        raise InputError(path, f"missing {tag}", tag=tag)
+    if not UID(text, validation_mode=pydicom.config.IGNORE).is_valid:
+        raise InputError(
             path,
-            keyword,
-            f"{tag_name(keyword)} {shown(str(uid), 72)} is not a valid UID: "
-            "expected at most 64 characters, digits and dots",
+            f"{tag} is {shown(text, 72)} ({len(text)} characters), not a valid UID: expected "
+            "digits and dots, no leading zeros, at most 64 characters",
+            tag=tag,
         )
-    return str(uid)
+    return text
 
 
 def _check_readable(ds: Dataset, path: Path, depth: int = 0) -> None:
@@ -204,7 +232,7 @@ def _transfer_syntax(path: Path) -> UID:
 
 def _check_class(ds: Dataset, path: Path) -> str:
     """The SOP class, if it is ultrasound (or secondary capture of Modality US)."""
-    sop_class = _uid(ds, "SOPClassUID", path)
+    sop_class = valid_uid(_get(ds, "SOPClassUID", path), "SOPClassUID", path)
     modality = str(_get(ds, "Modality", path) or "").strip()
     if not modality.isprintable() or len(modality) > 16:
         modality = shown(modality, 24)
@@ -298,7 +326,8 @@ def _describe(path: Path, f, ds: Dataset, uid: UID, element, max_pixels: int | N
     sop_class = _check_class(ds, path)
     _check_readable(ds, path)
     uids = {
-        k: _uid(ds, k, path) for k in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+        k: valid_uid(_get(ds, k, path), k, path)
+        for k in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
     }
     rows, cols, photometric = _check_image(ds, path)
     if max_pixels is not None and rows * cols > max_pixels:

@@ -31,8 +31,8 @@ from typing import Any
 from filelock import FileLock
 from pydicom import Dataset, dcmread
 from pydicom.encaps import generate_frames
-from pydicom.uid import UID
 
+from dicom_sr.dicom.inspection import valid_uid
 from dicom_sr.errors import WriteError
 
 __all__ = [
@@ -57,27 +57,20 @@ _HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
 _PART = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)-[0-9a-f]{8}\.part$")
 
 
-def _check_uid(keyword: str, uid: str) -> None:
-    """A UID that names a file or folder: digits and dots, at most 64 characters."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pydicom warns about the invalid value we report
-        valid = bool(uid) and UID(str(uid)).is_valid
-    if not valid:
-        shown = str(uid) if len(str(uid)) <= 80 else str(uid)[:77] + "..."
-        raise ValueError(
-            f"cannot name the output file: {keyword} is {shown!r} ({len(str(uid))} characters), "
-            f"not a valid UID (digits and dots, no leading zeros, at most 64 characters)"
-        )
-
-
 def instance_path(
     out_dir: str | os.PathLike[str], study_uid: str, series_uid: str, sop_uid: str
 ) -> Path:
-    """``out_dir/<study_uid>/<series_uid>/<sop_uid>.dcm``; each part must be a valid UID."""
+    """``out_dir/<study_uid>/<series_uid>/<sop_uid>.dcm``.
+
+    Each part must pass :func:`~dicom_sr.dicom.inspection.valid_uid`, else
+    :class:`~dicom_sr.errors.InputError` naming ``out_dir`` and the attribute.
+    """
     keywords = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
-    for keyword, uid in zip(keywords, (study_uid, series_uid, sop_uid), strict=True):
-        _check_uid(keyword, uid)
-    return Path(out_dir, str(study_uid), str(series_uid), f"{sop_uid}.dcm")
+    study, series, sop = (
+        valid_uid(uid, keyword, out_dir)
+        for keyword, uid in zip(keywords, (study_uid, series_uid, sop_uid), strict=True)
+    )
+    return Path(out_dir, study, series, f"{sop}.dcm")
 
 
 def output_path(out_dir: str | os.PathLike[str], ds: Dataset) -> Path:
@@ -208,12 +201,14 @@ def series_lock(
     Two runs on one ``out_dir`` (processes, threads, hosts sharing it where the file system
     supports locks) then never compute the same series at once: the second waits, then finds
     the series done in the manifest. ``timeout`` < 0 waits for ever; otherwise
-    :class:`filelock.Timeout` is raised after that many seconds.
+    :class:`filelock.Timeout` is raised after that many seconds. A ``derived_series_uid`` that
+    fails :func:`~dicom_sr.dicom.inspection.valid_uid` raises
+    :class:`~dicom_sr.errors.InputError`.
     """
-    _check_uid("derived SeriesInstanceUID", derived_series_uid)
+    series = valid_uid(derived_series_uid, "SeriesInstanceUID", out_dir)
     folder = Path(out_dir, LOCKS_DIR)
     folder.mkdir(parents=True, exist_ok=True)
-    return FileLock(folder / f"{derived_series_uid}.lock", timeout=timeout)
+    return FileLock(folder / f"{series}.lock", timeout=timeout)
 
 
 def read_complete(path: str | os.PathLike[str]) -> Dataset | None:

@@ -5,9 +5,10 @@ Layout under the node's ``--out``::
     incoming/<StudyUID>/<SeriesUID>/<SOPUID>.dcm     what was received, as sent (File Meta added)
     quarantine/<time>-<n>.dcm + .txt                 what was refused, with the reason
 
-UIDs become path parts only after :meth:`pydicom.uid.UID.is_valid` (which also caps them at
-64 characters). A file is written to a temporary name in its folder, flushed, renamed over the
-final name and the folder flushed, so a crash leaves the whole instance or none of it.
+UIDs become path parts only after :func:`~dicom_sr.dicom.inspection.valid_uid` (non-empty,
+:meth:`pydicom.uid.UID.is_valid`, which also caps them at 64 characters). A file is written
+to a temporary name in its folder, flushed, renamed over the final name and the folder
+flushed, so a crash leaves the whole instance or none of it.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from pathlib import Path
 
 import pydicom
 from pydicom.dataelem import RawDataElement
-from pydicom.uid import UID
 
 from dicom_sr.dicom.discover import Skipped, inspect_file
+from dicom_sr.dicom.inspection import valid_uid
+from dicom_sr.dicom.reasons import tag_name
 from dicom_sr.dicom.store import fsync_dir
 from dicom_sr.errors import InputError, WriteError
 
@@ -37,7 +39,6 @@ __all__ = [
     "SopClassMismatch",
     "Spool",
     "parse",
-    "valid_uid",
     "write_bytes_atomic",
 ]
 
@@ -59,15 +60,6 @@ class Received:
     series_uid: str
     sop_uid: str
     new: bool
-
-
-def valid_uid(value: object, keyword: str, source: str) -> str:
-    """``value`` as a UID string safe for a path part, or :class:`InputError` naming the tag."""
-    text = str(value or "").strip().rstrip("\0")
-    if not UID(text).is_valid:
-        tag = f"{keyword} ({pydicom.datadict.tag_for_keyword(keyword):08X})"
-        raise InputError(source, f"{tag} is {text[:80]!r}, not a valid UID", tag=tag)
-    return text
 
 
 #: pydicom warnings that mean the byte stream is not what its transfer syntax says.
@@ -166,16 +158,16 @@ class Spool:
         if sop_class != str(sop_class_uid).strip():
             raise SopClassMismatch(
                 source,
-                f"SOPClassUID (00080016) {sop_class} differs from the request's "
+                f"{tag_name('SOPClassUID')} {sop_class} differs from the request's "
                 f"Affected SOP Class UID {sop_class_uid}",
-                tag="SOPClassUID (00080016)",
+                tag=tag_name("SOPClassUID"),
             )
         if sop_uid != str(sop_instance_uid).strip():
             raise SopClassMismatch(
                 source,
-                f"SOPInstanceUID (00080018) {sop_uid} differs from the request's "
+                f"{tag_name('SOPInstanceUID')} {sop_uid} differs from the request's "
                 f"Affected SOP Instance UID {sop_instance_uid}",
-                tag="SOPInstanceUID (00080018)",
+                tag=tag_name("SOPInstanceUID"),
             )
         study = valid_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID", source)
         series = valid_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID", source)
