@@ -1,20 +1,8 @@
-"""One SQLite job store (``OUT/jobs.sqlite3``) shared by ``listen`` and ``batch``.
+"""The SQLite side of the job store: :class:`JobStore` on ``OUT/jobs.sqlite3``.
 
-A job is one source series processed with one pipeline: its key is the derived series UID
-(computed by the caller with :func:`dicom_sr.pipeline.derived_series_uid_for`). States::
-
-    received -> queued -> processing -> done | failed ;  done -> forwarded   (node only)
-
-``batch`` calls ``queued`` "planned" and ``processing`` "running" (:data:`BATCH_LABELS`).
-
-Why SQLite: WAL journaling with ``synchronous=FULL`` makes every committed state change survive
-a SIGKILL or a power cut, readers never block the writer, and ``BEGIN IMMEDIATE`` makes a claim
-atomic across threads and processes. Each thread (and each process, after a fork) gets its own
-connection; every state change is one short transaction.
-
-A worker *claims* a job with a lease (``lease_owner``, ``lease_expires``) and renews it while it
-runs. A job whose lease expired, or whose owner is a dead process on this host, can be claimed
-again by anyone: a worker that died releases its series. Each claim counts an attempt.
+WAL, ``synchronous=FULL``, one connection per thread (a new one after a fork), one short
+``BEGIN IMMEDIATE`` transaction per change; :mod:`dicom_sr.jobs` says why. The columns are
+those of :class:`~dicom_sr.jobs.model.Job`, in the order of ``model._COLUMNS``.
 """
 
 from __future__ import annotations
@@ -22,47 +10,20 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import sqlite3
 import threading
 import time
-import uuid
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-__all__ = [
-    "STATES",
-    "BATCH_LABELS",
-    "STORE_NAME",
-    "Job",
-    "JobStore",
-    "make_owner",
-    "owner_is_dead",
-]
+from dicom_sr.jobs.model import _COLUMNS, _NEXT, STATES, Job, Kind, State, _check_state
+
+__all__ = ["STORE_NAME", "JobStore"]
 
 logger = logging.getLogger(__name__)
 
 STORE_NAME = "jobs.sqlite3"
-
-State = Literal["received", "queued", "processing", "done", "failed", "forwarded"]
-Kind = Literal["listen", "batch"]
-
-STATES: tuple[str, ...] = ("received", "queued", "processing", "done", "failed", "forwarded")
-
-#: What ``batch`` calls the states it uses.
-BATCH_LABELS = {"queued": "planned", "processing": "running"}
-
-#: Allowed transitions (same-state updates are always allowed: e.g. a new error message).
-_NEXT: dict[str, frozenset[str]] = {
-    "received": frozenset({"queued", "failed"}),
-    "queued": frozenset({"processing", "done", "failed"}),
-    "processing": frozenset({"queued", "done", "failed"}),
-    "done": frozenset({"forwarded", "queued"}),
-    "failed": frozenset({"queued"}),
-    "forwarded": frozenset(),
-}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -88,79 +49,6 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, kind);
 """
-
-_COLUMNS = (
-    "key, kind, state, study_uid, source_series_uid, config_hash, revision, paths, frames, "
-    "attempts, error, lease_owner, lease_expires, created, updated, result, forward_attempts, "
-    "forward_error, next_forward_at"
-)
-
-
-@dataclass
-class Job:
-    """One row of the store: one source series with one pipeline (key: derived series UID)."""
-
-    key: str
-    kind: str
-    state: str
-    study_uid: str = ""
-    source_series_uid: str = ""
-    config_hash: str = ""
-    revision: int = 0
-    paths: list[str] = field(default_factory=list)
-    frames: int = 0
-    attempts: int = 0
-    error: str = ""
-    lease_owner: str | None = None
-    lease_expires: float | None = None
-    created: float = 0.0
-    updated: float = 0.0
-    result: dict[str, Any] | None = None
-    forward_attempts: int = 0
-    forward_error: str = ""
-    next_forward_at: float | None = None
-
-    @classmethod
-    def _from_row(cls, row: Sequence[Any]) -> Job:
-        d = dict(zip(_COLUMNS.split(", "), row, strict=True))
-        d["paths"] = json.loads(d["paths"] or "[]")
-        d["result"] = json.loads(d["result"]) if d["result"] else None
-        return cls(**d)
-
-    def lease_gone(self, now: float | None = None) -> bool:
-        """True when no live owner holds this job: no lease, an expired one, a dead owner."""
-        now = time.time() if now is None else now
-        return (
-            self.lease_expires is None
-            or self.lease_expires < now
-            or owner_is_dead(self.lease_owner)
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict of every column."""
-        return {k: getattr(self, k) for k in _COLUMNS.split(", ")}
-
-
-def make_owner() -> str:
-    """A lease owner name for this process: ``host:pid:token`` (the pid lets others see it died)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def owner_is_dead(owner: str | None) -> bool:
-    """True when ``owner`` names a process on this host that no longer runs."""
-    if not owner:
-        return True
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return False
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 class JobStore:
@@ -516,8 +404,3 @@ class _Transaction:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")
-
-
-def _check_state(state: str) -> None:
-    if state not in STATES:
-        raise ValueError(f"unknown job state {state!r} (one of {', '.join(STATES)})")
