@@ -49,6 +49,7 @@ from dicom_sr.dicom.reasons import brief, shown, tag_name
 from dicom_sr.errors import InputError
 
 if TYPE_CHECKING:
+    from dicom_sr.dicom.cache import FrameCache
     from dicom_sr.dicom.inspection import Instance
 
 LOGGER = logging.getLogger(__name__)
@@ -280,10 +281,18 @@ class FrameReader:
 
     Iterating yields :class:`Frame` objects; only the current frame exists as floats.
     ``decoders_used`` records which decoder produced frames (see :mod:`.decoders`).
+    With a :class:`~dicom_sr.dicom.cache.FrameCache`, the layout and frames it holds are
+    not decoded again, and what this reader decodes is kept there (see the cache).
     """
 
-    def __init__(self, path: str | Path, number_of_frames: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        number_of_frames: int | None = None,
+        cache: FrameCache | None = None,
+    ) -> None:
         self.path = Path(path)
+        self._cache = cache
         self.header: Dataset = read_header(self.path)
         h = self.header
         meta = getattr(h, "file_meta", None)
@@ -324,12 +333,16 @@ class FrameReader:
     @property
     def layout(self) -> PixelLayout:
         """Output layout; for colour sources this scans the frames once for grey-as-RGB."""
+        if self._layout is None and self._cache is not None:
+            self._layout = self._cache.layout(self.path)
         if self._layout is None:
             if self.photometric.startswith("MONOCHROME"):
                 self._layout = PixelLayout(False, self.bits_stored, self.photometric)
-            else:
-                grey = all(_is_grey(self._as_rgb8(d)) for _, d in self._decoded())
+            else:  # the scanned frames are kept: this reader goes on to use them
+                grey = all(_is_grey(self._as_rgb8(d)) for _, d in self._decoded(store=True))
                 self._layout = PixelLayout(not grey, 8, self.photometric)
+            if self._cache is not None:
+                self._cache.set_layout(self.path, self._layout)
         return self._layout
 
     def __iter__(self) -> Iterator[Frame]:
@@ -354,13 +367,37 @@ class FrameReader:
         self.close()
 
     # decoding -------------------------------------------------------------------------
-    def _decoded(self, indices: Sequence[int] | None = None) -> Iterator[tuple[int, DecodedFrame]]:
-        """(index, decoded frame) for `indices` (default all), falling back decoder by decoder."""
+    def _decoded(
+        self, indices: Sequence[int] | None = None, store: bool | None = None
+    ) -> Iterator[tuple[int, DecodedFrame]]:
+        """(index, decoded frame) for `indices` (default all): from the cache when it holds
+        them, else decoded, and kept in the cache when `store` (default: ``cache.storing``)."""
         n = self.number_of_frames
         todo = list(range(n)) if indices is None else [int(i) for i in indices]
         bad = [i for i in todo if not 0 <= i < n]
         if bad:
             raise IndexError(f"{self.path}: frame {bad[0]} out of range, it has {n} frames")
+        cache = self._cache
+        cached = set() if cache is None else {i for i in todo if cache.has(self.path, i)}
+        keep = cache is not None and (cache.storing if store is None else store)
+        fresh = self._decode([i for i in todo if i not in cached], indices is None and not cached)
+        try:
+            for index in todo:
+                if cache is not None and index in cached:
+                    decoded, name = cache.get(self.path, index)
+                    if name not in self.decoders_used:
+                        self.decoders_used.append(name)
+                else:
+                    _, decoded, name = next(fresh)
+                    if keep:
+                        cache.put(self.path, index, decoded, name)
+                yield index, decoded
+        finally:
+            fresh.close()
+
+    def _decode(self, todo: list[int], stream: bool) -> Iterator[tuple[int, DecodedFrame, str]]:
+        """(index, decoded frame, decoder) for `todo`, falling back decoder by decoder;
+        `stream`: `todo` is every frame in order, which the decoder may stream."""
         names = list(self._names)
         if self.decoders_used:  # the decoder that worked before goes first
             names.remove(self.decoders_used[0])
@@ -372,12 +409,12 @@ class FrameReader:
             source = open_source(self.path, name, self.transfer_syntax_uid, self.photometric)
             try:
                 # all frames in order: let the decoder stream; otherwise ask for the rest
-                wanted = None if (pos == 0 and indices is None) else todo[pos:]
+                wanted = None if (pos == 0 and stream) else todo[pos:]
                 for decoded in source.iter_frames(wanted):
                     self._check_shape(decoded)
                     if name not in self.decoders_used:
                         self.decoders_used.append(name)
-                    yield todo[pos], decoded
+                    yield todo[pos], decoded, name
                     pos += 1
                 if pos < len(todo):
                     errors.append(f"{name}: gave {pos} of {len(todo)} frames")
@@ -446,6 +483,6 @@ class FrameReader:
         return Frame(index, luma, chroma)
 
 
-def open_frames(instance: Instance) -> FrameReader:
-    """A :class:`FrameReader` over the frames of a discovered instance."""
-    return FrameReader(instance.path, instance.number_of_frames)
+def open_frames(instance: Instance, cache: FrameCache | None = None) -> FrameReader:
+    """A :class:`FrameReader` over the frames of a discovered instance (see its `cache`)."""
+    return FrameReader(instance.path, instance.number_of_frames, cache)

@@ -14,6 +14,7 @@ import numpy as np
 from dicom_sr import __version__
 from dicom_sr.config import PipelineConfig
 from dicom_sr.dicom import regions as us_regions
+from dicom_sr.dicom.cache import FrameCache
 from dicom_sr.dicom.discover import Series
 from dicom_sr.dicom.frames import Frame, open_frames
 from dicom_sr.dicom.provenance import Provenance
@@ -79,11 +80,13 @@ def make_provenance(config: PipelineConfig, model: TrainedModel | None, guard: d
     )
 
 
-def _iter_tissue_crops(series: Series, indices: set[int]) -> Iterator[np.ndarray]:
+def _iter_tissue_crops(
+    series: Series, indices: set[int], cache: FrameCache | None = None
+) -> Iterator[np.ndarray]:
     """Luminance crops of the tissue regions of the wanted frames (running index over the series).
 
-    Only the wanted frames are decoded. An instance that cannot be read gives no crops (it
-    fails on its own when it is written).
+    Only the wanted frames are decoded (kept in `cache`, when given, for the write). An
+    instance that cannot be read gives no crops (it fails on its own when it is written).
     """
     first = 0
     for inst in series.instances:
@@ -92,7 +95,7 @@ def _iter_tissue_crops(series: Series, indices: set[int]) -> Iterator[np.ndarray
         if not local:
             continue
         try:
-            with open_frames(inst) as reader:
+            with open_frames(inst, cache) as reader:
                 boxes = us_regions.tissue_regions(reader.header, inst.rows, inst.columns)
                 for frame in reader.frames(local):
                     for r in boxes:
@@ -109,10 +112,12 @@ def train_series(
     *,
     init: TrainedModel | None = None,
     progress: ProgressCallback | None = None,
+    cache: FrameCache | None = None,
 ) -> TrainedModel:
     """Train the engine once for the whole series (the cine default: train once, reuse).
 
-    Fathers are drawn from the tissue regions of frames spread over the series. Methods that
+    Fathers are drawn from the tissue regions of frames spread over the series, decoded
+    through `cache` when given (see :func:`~dicom_sr.dicom.frames.open_frames`). Methods that
     do not learn return at once. A series with too little tissue to learn from gets ``ibp``,
     and the model's ``info["guard"]`` says why: a user who asked for a study gets every series.
     """
@@ -130,7 +135,7 @@ def train_series(
         return TrainedModel(eng.method, eng.scale, None, info)
     n = series.n_frames
     picks = cine_frame_indices(n, eng.cine_train_frames)
-    crops = list(_iter_tissue_crops(series, set(picks)))
+    crops = list(_iter_tissue_crops(series, set(picks), cache))
     if not crops:
         reason = f"no tissue region of at least {MIN_TRAIN_SIDE} px a side to train on"
         logger.warning("series %s: %s; output is ibp", short_uid(series.series_uid), reason)

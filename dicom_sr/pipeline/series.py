@@ -14,6 +14,7 @@ from typing import Any
 
 from dicom_sr.config import PipelineConfig
 from dicom_sr.dicom import regions as us_regions
+from dicom_sr.dicom.cache import FrameCache
 from dicom_sr.dicom.derive import derive_dataset
 from dicom_sr.dicom.discover import Discovery, Instance, Series, discover
 from dicom_sr.dicom.encode import FrameEncoder
@@ -82,12 +83,14 @@ def _write_instance(
     derived_series: str,
     provenance: Provenance,
     on_frame: Callable[[str], None],
+    cache: FrameCache | None = None,
 ) -> InstanceResult:
-    """Stream one instance's frames through the engine and the encoder, then write it."""
+    """Stream one instance's frames through the engine and the encoder, then write it
+    (frames that `cache` holds are not decoded again)."""
     inst, path = target.instance, target.path
     t0 = time.perf_counter()
     s = config.engine.scale
-    with open_frames(inst) as reader:
+    with open_frames(inst, cache) as reader:
         boxes = us_regions.tissue_regions(reader.header, inst.rows, inst.columns)
         with FrameEncoder(
             inst.rows * s,
@@ -205,9 +208,12 @@ def process_series(
     with series_lock(out_dir, result.derived_series_uid):
         todo = _pending(series, result, config, out_dir, ident, revision)
         if todo:
-            _derive_series(
-                series, todo, result, config, out_dir, init, on_train, emit, check_cancel
-            )
+            # each frame decoded once for the series; the spool goes with the series, however
+            # it ends (Cancelled included)
+            with FrameCache(spool_dir=out_dir) as cache:
+                _derive_series(
+                    series, todo, result, config, out_dir, init, on_train, emit, check_cancel, cache
+                )
     result.seconds = time.perf_counter() - t0
     if result.status == "failed":
         why = result.reason or (result.failed[0].reason if result.failed else "no instances")
@@ -264,11 +270,13 @@ def _derive_series(
     on_train: ProgressCallback,
     emit: Callable[..., None],
     check_cancel: Callable[[], None],
+    cache: FrameCache | None = None,
 ) -> None:
-    """Train once for the series, then write each pending instance; failures go in ``result``."""
+    """Train once for the series, then write each pending instance; failures go in ``result``.
+    Frames decoded for training are kept in `cache` for the write, their last use."""
     t_train = time.perf_counter()
     try:
-        result.model = train_series(series, config, init=init, progress=on_train)
+        result.model = train_series(series, config, init=init, progress=on_train, cache=cache)
     except Cancelled:
         raise
     except Exception as exc:  # noqa: BLE001 - one series' failure never ends the run
@@ -282,6 +290,8 @@ def _derive_series(
     if result.guard:
         logger.info("series %s: %s", short_uid(series.series_uid), guard_text(result.guard))
     provenance = make_provenance(config, result.model, result.guard)
+    if cache is not None:
+        cache.storing = False  # the write is each frame's last use
 
     total = sum(t.instance.number_of_frames for t in todo)
     done = 0
@@ -305,6 +315,7 @@ def _derive_series(
                     result.derived_series_uid,
                     provenance,
                     on_frame,
+                    cache,
                 )
             )
         except Cancelled:
