@@ -210,3 +210,36 @@ def test_too_little_tissue_gets_ibp_with_the_reason(tmp_path: Path) -> None:
         _series(src), load_pipeline(None, {"engine.method": "ibp"}), tmp_path / "ibp"
     )
     assert np.array_equal(out.pixel_array, pydicom.dcmread(ibp.instances[0].output).pixel_array)
+
+
+def test_the_guard_off_writes_the_model_and_says_so(tmp_path: Path) -> None:
+    """With ``engine.guard = false`` the guard has no scores: the provenance says why, the
+    series is written (its unscored verdict once crashed the provenance text)."""
+    config = load_pipeline(
+        None,
+        {"engine.method": "zssr", "engine.iterations": 2, "engine.guard": False,
+         "engine.ensemble": 1, "engine.back_projection_iters": 0},
+    )  # fmt: skip
+    result = process_series(_series(SAMPLE / "us_phantom_single.dcm"), config, tmp_path)
+    assert result.status == "done" and result.guard["decision"] == "model"
+    out = pydicom.dcmread(result.instances[0].output)
+    assert "guard: output model: guard off" in out.DerivationDescription
+
+
+def test_a_failure_outside_any_instance_fails_the_series_not_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The spool of decoded frames cannot be created (say the disk is full): the series fails
+    with the reason, every instance has an outcome, and ``process_series`` returns."""
+    import dicom_sr.pipeline.series as series_mod
+
+    def no_spool(**_kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(series_mod, "FrameCache", no_spool)
+    series = _series(SAMPLE / "us_phantom_cine.dcm")
+    result = process_series(series, BICUBIC, tmp_path)
+    assert result.status == "failed"
+    assert "No space left on device" in result.reason
+    assert [r.status for r in result.instances] == ["failed"] * len(series.instances)
+    assert not list(tmp_path.rglob("*.dcm"))

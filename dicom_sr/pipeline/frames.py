@@ -56,7 +56,7 @@ def guard_text(guard: dict[str, Any]) -> str:
         return ""
     decision = guard.get("decision", "model")
     scores = ""
-    if "model_db" in guard and "ibp_db" in guard:
+    if guard.get("model_db") is not None and guard.get("ibp_db") is not None:
         scores = (
             f" (model {guard['model_db']:.2f} dB, ibp {guard['ibp_db']:.2f} dB"
             f" on {guard.get('pairs', '?')} held-aside pairs)"

@@ -205,15 +205,26 @@ def process_series(
         short_uid(result.derived_series_uid),
     )
     emit("start", 0, series.n_frames)
-    with series_lock(out_dir, result.derived_series_uid):
-        todo = _pending(series, result, config, out_dir, ident, revision)
-        if todo:
-            # each frame decoded once for the series; the spool goes with the series, however
-            # it ends (Cancelled included)
-            with FrameCache(spool_dir=out_dir) as cache:
-                _derive_series(
-                    series, todo, result, config, out_dir, init, on_train, emit, check_cancel, cache
-                )
+    try:
+        with series_lock(out_dir, result.derived_series_uid):
+            todo = _pending(series, result, config, out_dir, ident, revision)
+            if todo:
+                # each frame decoded once for the series; the spool goes with the series,
+                # however it ends (Cancelled included)
+                with FrameCache(spool_dir=out_dir) as cache:
+                    _derive_series(
+                        series, todo, result, config, out_dir, init, on_train, emit,
+                        check_cancel, cache,
+                    )  # fmt: skip
+    except Cancelled:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the lock or the spool: this series fails, not the run
+        logger.debug("series %s: failed", series.series_uid, exc_info=True)
+        result.reason = result.reason or describe(exc)
+        seen = {r.source for r in result.instances}
+        for inst in series.instances:  # every instance gets an outcome
+            if inst.path not in seen:
+                result.instances.append(InstanceResult(inst.path, "failed", reason=result.reason))
     result.seconds = time.perf_counter() - t0
     if result.status == "failed":
         why = result.reason or (result.failed[0].reason if result.failed else "no instances")
@@ -277,6 +288,11 @@ def _derive_series(
     t_train = time.perf_counter()
     try:
         result.model = train_series(series, config, init=init, progress=on_train, cache=cache)
+        result.train_seconds = time.perf_counter() - t_train
+        result.guard = dict(result.model.info.get("guard") or {})
+        if result.guard:
+            logger.info("series %s: %s", short_uid(series.series_uid), guard_text(result.guard))
+        provenance = make_provenance(config, result.model, result.guard)
     except Cancelled:
         raise
     except Exception as exc:  # noqa: BLE001 - one series' failure never ends the run
@@ -285,11 +301,6 @@ def _derive_series(
         for target in todo:
             _fail(result, target, result.reason, config, out_dir)
         return
-    result.train_seconds = time.perf_counter() - t_train
-    result.guard = dict(result.model.info.get("guard") or {})
-    if result.guard:
-        logger.info("series %s: %s", short_uid(series.series_uid), guard_text(result.guard))
-    provenance = make_provenance(config, result.model, result.guard)
     if cache is not None:
         cache.storing = False  # the write is each frame's last use
 
