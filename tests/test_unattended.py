@@ -189,6 +189,9 @@ def test_a_revision_is_a_new_series_that_says_so(tmp_path: Path) -> None:
     assert a.SOPInstanceUID != b.SOPInstanceUID
     assert b.SeriesDescription.endswith("rev 2") and not a.SeriesDescription.endswith("rev 2")
     assert np.array_equal(a.pixel_array, b.pixel_array)
+    # the provenance names the configuration that ran, not one with the suffix rewritten
+    assert f"config {BICUBIC.hash()}" in b.DerivationDescription
+    assert a.DerivationDescription == b.DerivationDescription
 
 
 def test_too_little_tissue_gets_ibp_with_the_reason(tmp_path: Path) -> None:

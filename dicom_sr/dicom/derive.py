@@ -161,7 +161,7 @@ def derive_dataset(
         for keyword in GREYSCALE_KEYWORDS:
             ds.pop(keyword, None)
 
-    _set_identity(ds, source, scale, output, series_uid, sop_uid, now)
+    _set_identity(ds, source, scale, output, series_uid, sop_uid, now, provenance.revision)
     _set_frames(ds, source, number_of_frames)
     _set_pixels(ds, encoded)
     _set_lossy(ds, source, encoded, where)
@@ -251,6 +251,7 @@ def _set_identity(
     series_uid: str,
     sop_uid: str,
     now: datetime,
+    revision: int = 0,
 ) -> None:
     source_where = _source_name(source)
     ds.SeriesInstanceUID = UID(series_uid)
@@ -258,6 +259,8 @@ def _set_identity(
     image_type = list(source.get("ImageType") or [])
     ds.ImageType = ["DERIVED", "SECONDARY", *image_type[2:]]
     suffix = output.series_description_suffix.format(scale=scale)
+    if revision:
+        suffix += f" rev {revision}"
     base = str(source.get("SeriesDescription") or "")
     base = base[: max(0, _SERIES_DESCRIPTION_MAX - len(suffix))]
     ds.SeriesDescription = (base + suffix).strip()[:_SERIES_DESCRIPTION_MAX]

@@ -45,6 +45,8 @@ class Provenance:
     software_version: str
     perceptual: str
     extra: str = ""
+    #: > 0: a re-derivation of a source series that grew; the SeriesDescription says which
+    revision: int = 0
 
 
 def derived_uid(uid_root: str, *parts: str) -> str:

@@ -65,7 +65,10 @@ def guard_text(guard: dict[str, Any]) -> str:
     return f"guard: output {'model' if decision == 'model' else 'ibp'}{scores}{reason}"
 
 
-def make_provenance(config: PipelineConfig, model: TrainedModel | None, guard: dict) -> Provenance:
+def make_provenance(
+    config: PipelineConfig, model: TrainedModel | None, guard: dict, revision: int = 0
+) -> Provenance:
+    """What the derived headers record: the method, the configuration's hash, the guard."""
     info = model.info if model is not None else {}
     return Provenance(
         method=config.engine.method,
@@ -77,6 +80,7 @@ def make_provenance(config: PipelineConfig, model: TrainedModel | None, guard: d
         software_version=__version__,
         perceptual=str(info.get("perceptual", "n/a")),
         extra=guard_text(guard),
+        revision=revision,
     )
 
 

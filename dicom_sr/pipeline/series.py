@@ -172,10 +172,6 @@ def process_series(
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     ident = identity_hash(config)
-    if revision:  # a re-derivation of a series that grew: its description says which
-        suffix = f"{config.output.series_description_suffix} rev {revision}"
-        output = config.output.model_copy(update={"series_description_suffix": suffix})
-        config = config.model_copy(update={"output": output})
     root = config.output.uid_root
     result = SeriesResult(
         study_uid=series.study_uid,
@@ -214,7 +210,7 @@ def process_series(
                 with FrameCache(spool_dir=out_dir) as cache:
                     _derive_series(
                         series, todo, result, config, out_dir, init, on_train, emit,
-                        check_cancel, cache,
+                        check_cancel, cache, revision,
                     )  # fmt: skip
     except Cancelled:
         raise
@@ -282,6 +278,7 @@ def _derive_series(
     emit: Callable[..., None],
     check_cancel: Callable[[], None],
     cache: FrameCache | None = None,
+    revision: int = 0,
 ) -> None:
     """Train once for the series, then write each pending instance; failures go in ``result``.
     Frames decoded for training are kept in `cache` for the write, their last use."""
@@ -292,7 +289,7 @@ def _derive_series(
         result.guard = dict(result.model.info.get("guard") or {})
         if result.guard:
             logger.info("series %s: %s", short_uid(series.series_uid), guard_text(result.guard))
-        provenance = make_provenance(config, result.model, result.guard)
+        provenance = make_provenance(config, result.model, result.guard, revision)
     except Cancelled:
         raise
     except Exception as exc:  # noqa: BLE001 - one series' failure never ends the run
