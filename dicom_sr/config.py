@@ -15,7 +15,7 @@ import string
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -123,6 +123,11 @@ class EngineConfig(_Frozen):
     channels_last: bool = Field(
         True, description="channels-last memory format at inference (always with bf16)"
     )
+    model_weight: Literal["auto"] | Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        "auto",
+        description="share of the model in the output, the rest ibp: auto is 1 at x2 and x3, "
+        "0.5 at x4 (measured: the model alone lost to ibp on some real x4 crops)",
+    )
     # the guard: held-aside pairs decide between the model and ibp
     guard: bool = Field(True, description="check the model against ibp on held-aside pairs")
     guard_margin_db: float = Field(
@@ -136,6 +141,11 @@ class EngineConfig(_Frozen):
         "shared", description="cines: train once and reuse, fine-tune per frame, or train each"
     )
     cine_train_frames: int = Field(8, ge=1, description="cine frames the fathers come from")
+    cine_ensemble: Literal["same", 1, 2, 8] = Field(
+        "same",
+        description="self-ensemble of the frames of a multi-frame instance: same as "
+        "ensemble, or 1, 2 or 8",
+    )
     cine_budget: float = Field(2.0, gt=0, description="cine iterations = budget x iterations")
     finetune_iterations: int = Field(0, ge=0, description="per-frame fine-tuning iterations")
     finetune_lr: float = Field(1e-4, gt=0, description="learning rate of fine-tuning")

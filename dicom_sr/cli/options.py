@@ -52,7 +52,8 @@ _ENGINE = [
         "--ensemble",
         type=click.Choice(["1", "2", "8"]),
         default=None,
-        help="Self-ensemble size at inference (8 = all flips and rotations).",
+        help="Self-ensemble size at inference (8 = all flips and rotations), for every frame, "
+        "cines included (the pipeline's cine_ensemble is then ignored).",
     ),
     click.option(
         "--device",
@@ -141,6 +142,7 @@ def load_config(opts: Mapping[str, Any], **overrides: Any) -> PipelineConfig:
         "engine.method": opts.get("method"),
         "engine.iterations": opts.get("iterations"),
         "engine.ensemble": int(opts["ensemble"]) if opts.get("ensemble") else None,
+        "engine.cine_ensemble": "same" if opts.get("ensemble") else None,
         "engine.device": opts.get("device"),
         "engine.seed": opts.get("seed"),
         "engine.vgg19_weights": opts.get("vgg19"),

@@ -25,7 +25,13 @@ import torch
 from dicom_sr.config import EngineConfig
 from dicom_sr.engine.guard import hold_aside, judge
 from dicom_sr.engine.guard import skipped as guard_skipped
-from dicom_sr.engine.infer import back_project, precision, self_ensemble
+from dicom_sr.engine.infer import (
+    back_project,
+    blend_with_ibp,
+    model_weight,
+    precision,
+    self_ensemble,
+)
 from dicom_sr.engine.resize import upscale_bicubic
 
 __all__ = [
@@ -244,7 +250,9 @@ def guard_decision(model: TrainedModel) -> str:
 def _apply_learned(lr, model, config, device) -> torch.Tensor:
     if guard_decision(model) == "ibp":
         return _apply_ibp(lr, model, config, device)
-    return self_ensemble(_generator(model.scale, model.generator_state), lr, config, device)
+    sr = self_ensemble(_generator(model.scale, model.generator_state), lr, config, device)
+    w = model_weight(config)
+    return sr if w >= 1.0 else blend_with_ibp(sr, _apply_ibp(lr, model, config, device), w)
 
 
 #: The registry: method name -> :class:`Method`.

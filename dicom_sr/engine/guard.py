@@ -31,7 +31,7 @@ from torch import nn
 
 from dicom_sr.config import EngineConfig
 from dicom_sr.engine.fathers import Strip, crop_weights
-from dicom_sr.engine.infer import back_project, self_ensemble
+from dicom_sr.engine.infer import back_project, blend_with_ibp, model_weight, self_ensemble
 from dicom_sr.engine.resize import downscale, resize_bicubic, upscale_bicubic
 
 __all__ = ["Strip", "HeldAside", "hold_aside", "judge", "skipped", "GUARD_FACTORS"]
@@ -194,10 +194,9 @@ def judge(
     for idx in groups.values():
         lr = torch.cat([held.lr[i] for i in idx]).to(device)
         hr = torch.cat([held.hr[i] for i in idx]).to(device)[..., s:-s, s:-s].double()
-        for name, sr in (
-            ("model", self_ensemble(G, lr, config, device)),
-            ("ibp", _ibp(lr, config)),
-        ):
+        ibp = _ibp(lr, config)  # the model's inference path: its blend with ibp, if any
+        model = blend_with_ibp(self_ensemble(G, lr, config, device), ibp, model_weight(config))
+        for name, sr in (("model", model), ("ibp", ibp)):
             d = sr[..., s:-s, s:-s].double() - hr
             sq[name] += float((d * d).sum())
         count += hr.numel()

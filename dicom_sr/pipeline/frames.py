@@ -36,6 +36,7 @@ __all__ = [
     "super_resolve_frame",
     "guard_text",
     "make_provenance",
+    "frame_config",
     "short_uid",
 ]
 
@@ -149,6 +150,16 @@ def train_series(
     # one frame: the single-image budget; several: the cine budget (train once, reuse)
     budget = eng.iterations if n == 1 else round(eng.cine_budget * eng.iterations)
     return fit(crops, eng, init=init, iterations=budget, progress=report)
+
+
+def frame_config(config: PipelineConfig, number_of_frames: int) -> PipelineConfig:
+    """The configuration the frames of one instance are upscaled with: those of a cine (a
+    multi-frame instance) use ``engine.cine_ensemble`` unless it is ``"same"``."""
+    eng = config.engine
+    size = eng.cine_ensemble
+    if number_of_frames < 2 or size == "same" or size == eng.ensemble:
+        return config
+    return config.model_copy(update={"engine": eng.model_copy(update={"ensemble": size})})
 
 
 def super_resolve_frame(

@@ -30,6 +30,7 @@ from dicom_sr.dicom.store import (
 from dicom_sr.engine import TrainedModel, pixel_identity
 from dicom_sr.errors import Cancelled, InputError, WriteError, describe
 from dicom_sr.pipeline.frames import (
+    frame_config,
     guard_text,
     make_provenance,
     short_uid,
@@ -101,8 +102,9 @@ def _write_instance(
             spool_dir=out_dir,  # on the output's disk, not a RAM-backed /tmp
         ) as encoder:
             n = 0
+            per_frame = frame_config(config, inst.number_of_frames)
             for frame in reader:
-                luma, chroma = super_resolve_frame(frame, boxes, model, config)
+                luma, chroma = super_resolve_frame(frame, boxes, model, per_frame)
                 encoder.add(to_pixels(luma, chroma, reader.layout))
                 n += 1
                 on_frame(inst.sop_instance_uid)

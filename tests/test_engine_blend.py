@@ -1,0 +1,45 @@
+"""The model's share of the output (``engine.model_weight``): the x4 default blends with ibp."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_engine_api import _ge
+
+from dicom_sr.config import EngineConfig
+from dicom_sr.engine import fit, upscale
+from dicom_sr.engine.infer import model_weight
+
+BASE = dict(method="zssr", iterations=2, crop_size=32, ensemble=1, device="cpu", guard=False)
+
+
+def _ibp(frame: np.ndarray, scale: int) -> np.ndarray:
+    cfg = EngineConfig(method="ibp", scale=scale, device="cpu")
+    return upscale(frame, fit([], cfg), cfg)
+
+
+def test_auto_is_the_model_at_x2_and_an_even_blend_at_x4():
+    assert model_weight(EngineConfig(scale=2)) == 1.0
+    assert model_weight(EngineConfig(scale=3)) == 1.0
+    assert model_weight(EngineConfig(scale=4)) == 0.5
+    assert model_weight(EngineConfig(scale=4, model_weight=0.8)) == 0.8
+
+
+@pytest.mark.parametrize("weight", ["auto", 0.25])
+def test_the_x4_output_is_the_weighted_mean_of_model_and_ibp(weight):
+    frame = _ge()[:96, :96]  # a real GE tissue crop
+    model = fit([frame], EngineConfig(scale=4, **BASE))
+    alone = upscale(frame, model, EngineConfig(scale=4, model_weight=1.0, **BASE))
+    mixed = upscale(frame, model, EngineConfig(scale=4, model_weight=weight, **BASE))
+    w = 0.5 if weight == "auto" else weight
+    expected = np.clip(w * alone + (1 - w) * _ibp(frame, 4), 0.0, 1.0)
+    np.testing.assert_allclose(mixed, expected, atol=2e-6)
+    assert float(np.abs(mixed - alone).max()) > 1e-3  # the blend really changed the output
+
+
+def test_at_x2_auto_leaves_the_model_alone():
+    frame = _ge()[:64, :64]
+    model = fit([frame], EngineConfig(scale=2, **BASE))
+    auto = upscale(frame, model, EngineConfig(scale=2, **BASE))
+    alone = upscale(frame, model, EngineConfig(scale=2, model_weight=1.0, **BASE))
+    assert np.array_equal(auto, alone)
