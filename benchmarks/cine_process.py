@@ -1,0 +1,141 @@
+"""The 120-frame SonoSite cine through ``dicom-sr process`` at x2: old settings against new.
+
+Every frame of ``color3d_jpeg_baseline.dcm`` (its luminance, 480x640) is degraded by
+antialiased bicubic x2 and written as a 120-frame MONOCHROME2 cine (no ultrasound regions: the
+whole frame is tissue). ``dicom-sr process`` then runs on it once per pipeline, in a subprocess,
+timed end to end (start-up, decoding, training, inference, encoding, writing); the output is
+read back with the project's reader and compared with the original frames (PSNR of the
+luminance, 2 px border left out, mean over the frames).
+
+Pipelines: ``old`` is the default of pipelines version 2 as far as settings go (ensemble 8 on
+every frame, contiguous memory format), run by today's code, so its time is if anything an
+underestimate of the old code's; ``new`` is today's default. Extra runs: ``--extra
+cine_ensemble=1`` and so on.
+
+Usage::
+
+    python benchmarks/cine_process.py --out results-cine-process-cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT))
+
+from run import CINE_120, _testfile, degrade, read_frames  # noqa: E402
+
+from dicom_sr.dicom.frames import FrameReader  # noqa: E402
+from dicom_sr.evaluate.measure import machine_info  # noqa: E402
+from dicom_sr.evaluate.metrics import psnr  # noqa: E402
+
+DEFAULT = ROOT / "pipelines" / "bmode-default.toml"
+#: pipelines version 2's inference settings, on today's default
+OLD = {"channels_last": "false", "cine_ensemble": '"same"', "ensemble": "8"}
+
+
+def write_lr_cine(hr: list[np.ndarray], path: Path) -> None:
+    """The degraded frames as one 8-bit MONOCHROME2 multi-frame instance."""
+    src = pydicom.dcmread(_testfile(CINE_120), stop_before_pixels=True)
+    lr = np.stack([np.rint(degrade(f, 2) * 255) for f in hr]).astype(np.uint8)
+    ds = pydicom.Dataset()
+    for kw in ("PatientName", "PatientID", "StudyDate", "Manufacturer"):
+        if kw in src:
+            setattr(ds, kw, getattr(src, kw))
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.3.1"  # Ultrasound Multi-frame Image Storage
+    ds.SOPInstanceUID, ds.StudyInstanceUID = generate_uid(), generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "US"
+    ds.NumberOfFrames = lr.shape[0]
+    ds.Rows, ds.Columns = lr.shape[1:]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    ds.FrameTime, ds.FrameIncrementPointer = 33.3, pydicom.tag.Tag("FrameTime")
+    ds.PixelData = lr.tobytes()
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def pipeline_file(folder: Path, name: str, settings: dict[str, str]) -> Path:
+    """bmode-default.toml with engine keys replaced or added."""
+    text = DEFAULT.read_text()
+    for key, value in settings.items():
+        line = f"{key} = {value}"
+        text, n = re.subn(rf"(?m)^{key} = \S+", line, text)
+        if not n:
+            text = text.replace("[engine]\n", f"[engine]\n{line}\n", 1)
+    path = folder / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
+def mean_psnr(out: Path, hr: list[np.ndarray]) -> float:
+    (path,) = out.rglob("*.dcm")  # (discovery skips outputs of dicom-sr: read it directly)
+    scores = []
+    with FrameReader(path) as reader:
+        for frame, ref in zip(reader, hr, strict=True):
+            scores.append(psnr(ref[2:-2, 2:-2], frame.luma[2:-2, 2:-2]))
+    return float(np.mean(scores))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=120)
+    ap.add_argument("--runs", default="new,old", help="old, new, and names given by --extra")
+    ap.add_argument("--extra", action="append", default=[], help="NAME:key=value,key=value")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    hr = read_frames(_testfile(CINE_120), args.frames)
+    settings = {"old": OLD, "new": {}}
+    for spec in args.extra:
+        name, _, pairs = spec.partition(":")
+        settings[name] = dict(p.split("=", 1) for p in pairs.split(","))
+    result = {"machine": machine_info(), "frames": len(hr), "runs": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        write_lr_cine(hr, work / "lr" / "cine.dcm")
+        for name in args.runs.split(","):
+            toml = pipeline_file(work, name, settings[name])
+            out = work / f"out-{name}"
+            cmd = [sys.executable, "-m", "dicom_sr.cli", "process", str(work / "lr"), "--out",
+                   str(out), "--pipeline", str(toml), "--json", "-q"]  # fmt: skip
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+            seconds = time.perf_counter() - t0
+            if proc.returncode != 0:
+                raise SystemExit(f"{name}: exit {proc.returncode}\n{proc.stderr[-2000:]}")
+            summary = json.loads(proc.stdout)
+            row = {"seconds": round(seconds, 1), "psnr": round(mean_psnr(out, hr), 4),
+                   "settings": settings[name], "summary": summary.get("series")}  # fmt: skip
+            result["runs"][name] = row
+            print(json.dumps({name: {k: row[k] for k in ("seconds", "psnr")}}), flush=True)
+    runs = result["runs"]
+    if "old" in runs and "new" in runs:
+        result["speedup"] = round(runs["old"]["seconds"] / runs["new"]["seconds"], 2)
+        result["psnr_change"] = round(runs["new"]["psnr"] - runs["old"]["psnr"], 4)
+    print(json.dumps({k: result.get(k) for k in ("speedup", "psnr_change")}))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
