@@ -3,8 +3,11 @@
 Crops as in ``guard_eval.py`` (the ``dicom-sr evaluate`` protocol: largest tissue region, first
 frame, at most ``--max-side`` px), degraded by antialiased bicubic x4. Strategies:
 
+``default``
+    one x4 model as shipped: its output blended with ``ibp`` (``engine.model_weight``), the
+    guard judging the blend.
 ``direct``
-    one x4 model, the current default (guard on, as shipped).
+    one x4 model alone (``model_weight`` 1, guard on).
 ``gradual``
     ZSSR's gradual SR: a x2 model on the LR crop, its output the input of a second x2 model
     warm-started from the first (fathers: that output and the LR crop), then back projection of
@@ -52,6 +55,10 @@ FILES = (
 
 def strategy(name: str, lr: np.ndarray, base: dict) -> tuple[np.ndarray, str]:
     """The x4 output of ``name`` on ``lr``, and what its guard decided."""
+    if name == "default":  # as shipped: the blend with ibp at x4, judged by the guard
+        cfg = EngineConfig(scale=4, **base)
+        model = fit([lr], cfg)
+        return upscale(lr, model, cfg), model.info["guard"]["decision"]
     if name in ("direct", "fathers", "batch"):
         extra = {"fathers": {"father_scales": 8}, "batch": {"batch_size": 4}}.get(name, {})
         # the model alone (its blend with ibp, engine.model_weight, is computed from the arrays)
