@@ -55,14 +55,16 @@ FILES = (
 
 def strategy(name: str, lr: np.ndarray, base: dict) -> tuple[np.ndarray, str]:
     """The x4 output of ``name`` on ``lr``, and what its guard decided."""
-    if name == "default":  # as shipped: the blend with ibp at x4, judged by the guard
-        cfg = EngineConfig(scale=4, **base)
-        model = fit([lr], cfg)
-        return upscale(lr, model, cfg), model.info["guard"]["decision"]
-    if name in ("direct", "fathers", "batch"):
-        extra = {"fathers": {"father_scales": 8}, "batch": {"batch_size": 4}}.get(name, {})
-        # the model alone (its blend with ibp, engine.model_weight, is computed from the arrays)
-        cfg = EngineConfig(scale=4, model_weight=1.0, **base, **extra)
+    # the model alone (model_weight 1; its blend with ibp is computed from the saved arrays),
+    # except "default", as shipped: the blend at x4, which the guard judges
+    extra = {
+        "default": {},
+        "direct": {"model_weight": 1.0},
+        "fathers": {"model_weight": 1.0, "father_scales": 8},
+        "batch": {"model_weight": 1.0, "batch_size": 4},
+    }
+    if name in extra:
+        cfg = EngineConfig(scale=4, **base, **extra[name])
         model = fit([lr], cfg)
         return upscale(lr, model, cfg), model.info["guard"]["decision"]
     if name == "gradual":

@@ -26,8 +26,8 @@ from dicom_sr.config import EngineConfig
 from dicom_sr.engine.guard import hold_aside, judge
 from dicom_sr.engine.guard import skipped as guard_skipped
 from dicom_sr.engine.infer import (
-    back_project,
     blend_with_ibp,
+    ibp,
     model_weight,
     precision,
     self_ensemble,
@@ -179,9 +179,7 @@ def _apply_bicubic(lr, model, config, device) -> torch.Tensor:
 
 
 def _apply_ibp(lr, model, config, device) -> torch.Tensor:
-    lr = lr.to(device)
-    sr = upscale_bicubic(lr, config.scale).clamp_(0.0, 1.0)
-    return back_project(sr, lr, config.scale, config, config.back_projection_iters)
+    return ibp(lr.to(device), config)
 
 
 def _fit_learned(name: str) -> Callable[..., TrainedModel]:

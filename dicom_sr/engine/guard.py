@@ -31,8 +31,8 @@ from torch import nn
 
 from dicom_sr.config import EngineConfig
 from dicom_sr.engine.fathers import Strip, crop_weights
-from dicom_sr.engine.infer import back_project, blend_with_ibp, model_weight, self_ensemble
-from dicom_sr.engine.resize import downscale, resize_bicubic, upscale_bicubic
+from dicom_sr.engine.infer import blend_with_ibp, ibp, model_weight, self_ensemble
+from dicom_sr.engine.resize import downscale, resize_bicubic
 
 __all__ = ["Strip", "HeldAside", "hold_aside", "judge", "skipped", "GUARD_FACTORS"]
 
@@ -155,11 +155,6 @@ def _db(mse: float) -> float:
     return 10.0 * math.log10(1.0 / max(mse, 1e-12))
 
 
-def _ibp(lr: torch.Tensor, config: EngineConfig) -> torch.Tensor:
-    sr = upscale_bicubic(lr, config.scale).clamp_(0.0, 1.0)
-    return back_project(sr, lr, config.scale, config, config.back_projection_iters)
-
-
 def skipped(reason: str) -> dict[str, Any]:
     """``info["guard"]`` when no judgement was made (guard off, nothing held aside)."""
     return {
@@ -194,9 +189,9 @@ def judge(
     for idx in groups.values():
         lr = torch.cat([held.lr[i] for i in idx]).to(device)
         hr = torch.cat([held.hr[i] for i in idx]).to(device)[..., s:-s, s:-s].double()
-        ibp = _ibp(lr, config)  # the model's inference path: its blend with ibp, if any
-        model = blend_with_ibp(self_ensemble(G, lr, config, device), ibp, model_weight(config))
-        for name, sr in (("model", model), ("ibp", ibp)):
+        anchor = ibp(lr, config)  # the model's inference path: its blend with ibp, if any
+        model = blend_with_ibp(self_ensemble(G, lr, config, device), anchor, model_weight(config))
+        for name, sr in (("model", model), ("ibp", anchor)):
             d = sr[..., s:-s, s:-s].double() - hr
             sq[name] += float((d * d).sum())
         count += hr.numel()

@@ -26,6 +26,7 @@ from dicom_sr.config import EngineConfig
 from dicom_sr.engine.resize import downscale, upscale_bicubic
 
 __all__ = [
+    "ibp",
     "model_weight",
     "blend_with_ibp",
     "apply_generator",
@@ -112,6 +113,12 @@ def precision(config: EngineConfig, device: torch.device) -> str:
     if config.precision == "fp32":
         return "fp32"
     return "bf16" if native_bf16(device) else "fp32"
+
+
+def ibp(lr: torch.Tensor, config: EngineConfig) -> torch.Tensor:
+    """Bicubic upscaling then back projection onto ``lr``: the free anchor, learning nothing."""
+    sr = upscale_bicubic(lr, config.scale).clamp_(0.0, 1.0)
+    return back_project(sr, lr, config.scale, config, config.back_projection_iters)
 
 
 def model_weight(config: EngineConfig) -> float:
