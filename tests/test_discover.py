@@ -116,6 +116,7 @@ def test_skips_with_reasons(tmp_path):
     found = discover([tmp_path, tmp_path / "missing.dcm"])
     assert [i.path for s in found.series for i in s.instances] == [good]
     assert "not a DICOM file" in _reason(found, text)
+    assert "force=True" not in _reason(found, text)  # pydicom's advice is for programmers
     assert "Modality CT" in _reason(found, ct)
     assert "no Pixel Data" in _reason(found, no_pixels)
     reason = _reason(found, video)

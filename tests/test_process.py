@@ -176,6 +176,16 @@ def test_rerun_skips_done_and_keeps_files(tmp_path: Path) -> None:
     assert third["series"][0]["derived_series_uid"] != first["series"][0]["derived_series_uid"]
 
 
+def test_summary_table_is_whole_in_a_log(tmp_path: Path) -> None:
+    """Sent to a file, the table keeps its headers (rich would assume 80 columns)."""
+    args = [str(us_file("US1_UNCR.dcm")), "--out", str(tmp_path / "out"), "--method", "bicubic"]
+    result = CliRunner().invoke(main, ["process", *args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    header = next(line for line in result.stdout.splitlines() if "series (derived)" in line)
+    for col in ("status", "output", "already done", "train s", "total s"):
+        assert col in header, header
+
+
 def test_bad_inputs_are_reported_and_skipped(tmp_path: Path) -> None:
     inputs = tmp_path / "in"
     inputs.mkdir()

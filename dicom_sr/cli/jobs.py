@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from dicom_sr.cli.options import console
 from dicom_sr.jobs import BATCH_LABELS, STATES, STORE_NAME, JobStore
 
 _ALIASES = {label: state for state, label in BATCH_LABELS.items()}
@@ -38,7 +39,6 @@ def jobs(out_dir: str, as_json: bool, state: str | None, kind: str | None) -> No
     if as_json:
         click.echo(json.dumps([j.to_dict() for j in rows], indent=2, default=str))
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"{len(rows)} jobs in {store.path}")
@@ -58,6 +58,6 @@ def jobs(out_dir: str, as_json: bool, state: str | None, kind: str | None) -> No
             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.updated)),
             j.error or j.forward_error,
         )
-    Console(soft_wrap=False).print(table)
+    console(stderr=False).print(table)
     counts = {k: v for k, v in store.counts(kind).items() if v}
     click.echo(", ".join(f"{k}: {v}" for k, v in counts.items()) or "no jobs")

@@ -178,10 +178,18 @@ def setup_logging(verbose: int, quiet: bool) -> None:
     logging.getLogger("dicom_sr").setLevel(level)
 
 
+#: Width of rich output sent to a file or pipe: rich assumes 80 columns there, which cuts a
+#: summary table's headers ("alrea..."); a log has no terminal to fit.
+LOG_WIDTH = 160
+
+
 def console(stderr: bool = True):
+    """A rich console on stderr or stdout: the terminal's width, or :data:`LOG_WIDTH` if none."""
     from rich.console import Console
 
-    return Console(stderr=stderr)
+    stream = sys.stderr if stderr else sys.stdout
+    tty = getattr(stream, "isatty", lambda: False)()
+    return Console(stderr=stderr, width=None if tty else LOG_WIDTH)
 
 
 def usable_out(out_dir: str) -> Path:

@@ -45,7 +45,7 @@ from pydicom.pixels import apply_color_lut
 from pydicom.uid import UID
 
 from dicom_sr.dicom.decoders import DecodedFrame, decoder_names, open_source, undecodable_reason
-from dicom_sr.dicom.reasons import brief, shown, tag_name
+from dicom_sr.dicom.reasons import brief, not_dicom, shown, tag_name
 from dicom_sr.errors import InputError
 
 if TYPE_CHECKING:
@@ -236,7 +236,7 @@ def read_header(path: str | Path) -> Dataset:
     try:
         return pydicom.dcmread(path, stop_before_pixels=True)
     except InvalidDicomError as exc:
-        raise InputError(path, f"not a DICOM file ({exc})") from None
+        raise InputError(path, not_dicom(exc)) from None
     except OSError as exc:
         raise InputError(path, f"cannot read: {exc.strerror or exc}") from None
     except Exception as exc:  # noqa: BLE001 - pydicom's many ways to fail on a bad header

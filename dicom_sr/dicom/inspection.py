@@ -28,7 +28,7 @@ from pydicom.uid import UID
 from dicom_sr.dicom.decoders import check_frames, seek_pixel_data, undecodable_reason
 from dicom_sr.dicom.frames import palette_table
 from dicom_sr.dicom.provenance import MANUFACTURER
-from dicom_sr.dicom.reasons import brief, shown, tag_name
+from dicom_sr.dicom.reasons import brief, not_dicom, shown, tag_name
 from dicom_sr.dicom.regions import MAX_SCALE, check_scalable
 from dicom_sr.errors import InputError
 
@@ -103,7 +103,7 @@ def inspect(path: str | os.PathLike, *, max_pixels: int | None = None) -> Instan
     except InputError:
         raise
     except InvalidDicomError as exc:
-        raise InputError(path, f"not a DICOM file ({exc})") from None
+        raise InputError(path, not_dicom(exc)) from None
     except OSError as exc:
         raise InputError(path, f"cannot read: {exc.strerror or exc}") from None
     except Exception as exc:  # noqa: BLE001 - a malformed file must not stop discovery

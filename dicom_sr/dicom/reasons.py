@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 from pydicom.datadict import keyword_for_tag
 from pydicom.tag import Tag
 
 from dicom_sr.errors import describe
 
-__all__ = ["tag_name", "shown", "brief"]
+__all__ = ["tag_name", "shown", "brief", "not_dicom"]
 
 
 def tag_name(tag: int | str) -> str:
@@ -30,3 +32,10 @@ def brief(exc: BaseException, limit: int = 160) -> str:
     hostile value can run to pages, and a reason is one line."""
     text = describe(exc)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def not_dicom(exc: BaseException) -> str:
+    """The reason for a file pydicom will not read as DICOM, without its advice to pass
+    ``force=True``: that is a programmer's option, and an operator cannot act on it."""
+    text = re.sub(r"\s*[^.]*force=True[^.]*\.?", "", str(exc)).strip().rstrip(".")
+    return f"not a DICOM file ({text})" if text else "not a DICOM file"
