@@ -70,3 +70,23 @@ def test_learning_vs_ibp_full_budget(name, scale):
     margin = 0.1 if scale == 2 else -0.25
     assert s["zssr"] > s["ibp"] + margin, s
     assert s["cyclegan"] > s["ibp"] + margin, s
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_momentum_back_projection_goes_further_on_real_tissue(scale):
+    """Plain back projection converges slowly where the antialiasing kernel damps: with the
+    same steps, momentum gives a higher PSNR on a real crop, still agreeing with the LR input
+    to a tenth of a grey level."""
+    hr = tissue_crop("JPGLosslessP14SV1_1s_1f_8b.dcm")
+    hr = hr[: hr.shape[0] // scale * scale, : hr.shape[1] // scale * scale]
+    plain = EngineConfig(method="ibp", scale=scale, back_projection_momentum=0.0, device="cpu")
+    lr_t = downscale(torch.from_numpy(hr)[None, None], scale, plain)
+    lr = lr_t[0, 0].numpy()
+    got = {}
+    for beta in (0.0, 0.8):
+        cfg = plain.model_copy(update={"back_projection_momentum": beta})
+        sr = upscale(lr, fit([], cfg), cfg)
+        residual = downscale(torch.from_numpy(sr)[None, None], scale, cfg) - lr_t
+        got[beta] = (psnr(sr, hr, scale), float(residual.abs().mean()))
+    assert got[0.8][0] > got[0.0][0] + 0.05, got
+    assert got[0.8][1] < 0.1 / 255, got

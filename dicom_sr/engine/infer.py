@@ -124,11 +124,11 @@ def ibp(lr: torch.Tensor, config: EngineConfig) -> torch.Tensor:
 def model_weight(config: EngineConfig) -> float:
     """The model's share of the output, the rest being ``ibp`` (``config.model_weight``).
 
-    ``"auto"``: 1 at x2 and x3; 0.5 at x4, where the model alone lost to ``ibp`` on some real
-    crops and the even blend of the two stayed within 0.1 dB of it (docs/benchmarks.rst).
+    ``"auto"``: 1 at x2 and x3; 0.25 at x4, where the model alone lost up to 0.42 dB to ``ibp``
+    (momentum back projection) on real crops and this blend at most 0.06 dB (docs/benchmarks.rst).
     """
     if config.model_weight == "auto":
-        return 0.5 if config.scale >= 4 else 1.0
+        return 0.25 if config.scale >= 4 else 1.0
     return float(config.model_weight)
 
 
@@ -184,19 +184,27 @@ def apply_generator(
 def back_project(
     sr: torch.Tensor, lr: torch.Tensor, scale: int, config: EngineConfig, iters: int
 ) -> torch.Tensor:
-    """Iterative back projection: ``sr += upscale_bicubic(lr - downscale(sr))``, ``iters`` times.
+    """Iterative back projection: ``sr += upscale_bicubic(lr - downscale(sr))``, ``iters`` times,
+    plus ``config.back_projection_momentum`` times the previous step (heavy ball).
 
     ``downscale`` is the configured degradation (``config.kernel``), the one that made the
-    training sons. Values are clipped to [0, 1] after each step, as in ZSSR.
+    training sons. Values are clipped to [0, 1] after each step, as in ZSSR. Plain steps
+    converge slowly on the frequencies the antialiasing kernel damps: on real crops 10 plain
+    steps left ibp 0.1-3 dB short of 40 with momentum 0.8 (docs/benchmarks.rst).
     """
     if sr.shape[-2:] != (lr.shape[-2] * scale, lr.shape[-1] * scale):
         raise ValueError(
             f"back projection: SR {tuple(sr.shape[-2:])} is not {scale}x LR {tuple(lr.shape[-2:])}"
         )
+    beta = config.back_projection_momentum
     with torch.inference_mode():
+        step = None
         for _ in range(iters):
-            sr = sr + upscale_bicubic(lr - downscale(sr, scale, config), scale)
-            sr = sr.clamp_(0.0, 1.0)
+            new = sr + upscale_bicubic(lr - downscale(sr, scale, config), scale)
+            if beta and step is not None:
+                new.add_(step, alpha=beta)
+            new.clamp_(0.0, 1.0)
+            step, sr = new - sr, new
     return sr
 
 
@@ -257,8 +265,9 @@ def self_ensemble(
     """ZSSR's geometric self-ensemble with back projection; (N, C, h, w) -> (N, C, s*h, s*w).
 
     For each transform of ``config.ensemble``: ``G`` (tiled, :func:`apply_generator`) on the
-    transformed input, inverse transform, ``config.back_projection_iters`` back projections;
-    then the median of the outputs, back-projected again. ``G`` may also be any callable
+    transformed input, inverse transform, ``config.back_projection_pass_iters`` back
+    projections (at most ``back_projection_iters``); then the median of the outputs,
+    back-projected ``config.back_projection_iters`` times. ``G`` may also be any callable
     mapping an LR tensor to its SR tensor (then it is called whole, not tiled).
 
     ``batch``: run the transforms of one orientation (even or odd quarter turns) as one batch
@@ -286,7 +295,8 @@ def self_ensemble(
     del ys
     flat = stack.flatten(0, 1)
     lrs = lr.repeat(len(transforms), 1, 1, 1)
-    flat = back_project(flat, lrs, s, config, config.back_projection_iters)
+    per_pass = min(config.back_projection_pass_iters, config.back_projection_iters)
+    flat = back_project(flat, lrs, s, config, per_pass)
     out = median(flat.unflatten(0, (len(transforms), n)))
     del flat, stack
     return back_project(out, lr, s, config, config.back_projection_iters)

@@ -40,7 +40,9 @@ FALLBACK: dict[str, str] = {
     "engine.kernel": "degradation kernel of the sons and of back projection: antialiased"
     " bicubic, or the Gaussian PSF below",
     "engine.gan_mode": "adversarial objective: log (-log D, the paper) or lsgan",
-    "engine.back_projection_iters": "iterations of back projection after the generator",
+    "engine.back_projection_iters": "steps of the final back projection of every output",
+    "engine.back_projection_pass_iters": "steps of back projection of each ensemble pass",
+    "engine.back_projection_momentum": "heavy-ball momentum of back projection (0: plain)",
     "engine.tile_overlap": "LR pixels of context around each inference tile (discarded)",
     "engine.channels_last": "channels-last memory format at inference",
     "engine.cine_mode": "cines: shared (one model for the loop), finetune (warm start per"
