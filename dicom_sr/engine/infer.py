@@ -4,9 +4,9 @@
   ``config.tile_overlap`` pixels of context on each side, context discarded), so memory is
   bounded whatever the frame size; with enough context the result equals one pass on the
   whole frame.
-- :func:`back_project` is iterative back projection (Irani & Peleg): the SR estimate is
-  corrected until, degraded by the *same* kernel as the training sons (``config.kernel``), it
-  reproduces the LR input.
+- :func:`back_project` is iterative back projection (Irani & Peleg, with heavy-ball momentum):
+  the SR estimate is corrected until, degraded by the *same* kernel as the training sons
+  (``config.kernel``), it reproduces the LR input.
 - :func:`self_ensemble` is ZSSR's recipe: run ``G`` on dihedral transforms of the input, undo
   each transform, back-project each, take the median, back-project the median.
 """
