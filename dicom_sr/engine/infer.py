@@ -190,7 +190,7 @@ def back_project(
     ``downscale`` is the configured degradation (``config.kernel``), the one that made the
     training sons. Values are clipped to [0, 1] after each step, as in ZSSR. Plain steps
     converge slowly on the frequencies the antialiasing kernel damps: on real crops 10 plain
-    steps left ibp 0.1-3 dB short of 40 with momentum 0.8 (docs/benchmarks.rst).
+    steps left ibp 0.1-3 dB short of 20 with momentum 0.8 (docs/benchmarks.rst).
     """
     if sr.shape[-2:] != (lr.shape[-2] * scale, lr.shape[-1] * scale):
         raise ValueError(
