@@ -204,7 +204,9 @@ def back_project(
             if beta and step is not None:
                 new.add_(step, alpha=beta)
             new.clamp_(0.0, 1.0)
-            step, sr = new - sr, new
+            if beta:  # plain steps keep no history: no extra full-size tensor per step
+                step = new - sr
+            sr = new
     return sr
 
 
