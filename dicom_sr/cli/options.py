@@ -187,9 +187,10 @@ def console(stderr: bool = True):
     """A rich console on stderr or stdout: the terminal's width, or :data:`LOG_WIDTH` if none."""
     from rich.console import Console
 
-    stream = sys.stderr if stderr else sys.stdout
-    tty = getattr(stream, "isatty", lambda: False)()
-    return Console(stderr=stderr, width=None if tty else LOG_WIDTH)
+    out = Console(stderr=stderr)
+    if not out.is_terminal:  # rich's own test (isatty, FORCE_TERMINAL, Jupyter...)
+        out.width = LOG_WIDTH
+    return out
 
 
 def usable_out(out_dir: str) -> Path:
