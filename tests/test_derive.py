@@ -11,6 +11,7 @@ import copy
 import re
 import shutil
 import subprocess
+import warnings
 from functools import cache
 from pathlib import Path
 
@@ -192,7 +193,8 @@ def test_read_back(written, name, compress):
 
     # General Image / General Series: derivation
     assert list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"]
-    assert list(ds.ImageType)[2:] == list(header.ImageType)[2:]
+    kept = [v.replace("/", "_") for v in list(header.ImageType)[2:]]  # Aloka's ABDOM/RAD
+    assert list(ds.ImageType)[2:] == kept
     (ref,) = ds.SourceImageSequence
     assert ref.ReferencedSOPClassUID == header.SOPClassUID
     assert ref.ReferencedSOPInstanceUID == header.SOPInstanceUID
@@ -383,6 +385,22 @@ def test_text_attributes_respect_their_vr_limits():
     assert all(len(v) <= 64 for v in ds.ContributingEquipmentSequence[-1].SoftwareVersions)
     assert len(ds.SeriesDescription) <= 64
     assert ds.SeriesDescription.endswith(OUTPUT.series_description_suffix.format(scale=SCALE))
+
+
+def test_a_scanner_code_string_that_is_not_valid_cs_is_written_valid(caplog):
+    """Aloka's ImageType holds 'ABDOM/RAD' (no '/' in a CS): written as 'ABDOM_RAD', logged with
+    the file and tag, and pydicom has nothing to warn about."""
+    header, pixels, layout = source("gdcm-US-ALOKA-16.dcm")
+    assert list(header.ImageType)[2] == "ABDOM/RAD"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a pydicom validation warning would fail the test
+        with caplog.at_level("INFO", logger="dicom_sr.dicom.derive"):
+            ds = _derive_frames(header, pixels[:1], layout)
+    assert list(ds.ImageType) == ["DERIVED", "SECONDARY", "ABDOM_RAD", "0001"]
+    assert any(
+        "gdcm-US-ALOKA-16.dcm" in r.getMessage() and "ImageType (0008,0008)" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 def test_unwritable_source_attribute_is_an_input_error_naming_it():

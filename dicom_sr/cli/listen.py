@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from dicom_sr.cli.options import engine_options, load_config, output_options
+from dicom_sr.logs import route_warnings
 
 
 def _setup_node_logging(verbose: int, quiet: bool) -> int:
@@ -19,6 +20,7 @@ def _setup_node_logging(verbose: int, quiet: bool) -> int:
 
     level = logging.WARNING if quiet else logging.DEBUG if verbose >= 1 else logging.INFO
     logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr, force=True)
+    route_warnings()
     logging.getLogger("pynetdicom").setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
     return level
 

@@ -14,6 +14,7 @@ import click
 
 from dicom_sr.config import DEFAULT_PIPELINE, ConfigError, EngineConfig, PipelineConfig
 from dicom_sr.config import load_pipeline as _load_pipeline
+from dicom_sr.logs import route_warnings
 
 __all__ = [
     "METHOD_NAMES",
@@ -176,6 +177,7 @@ def setup_logging(verbose: int, quiet: bool) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
     logging.getLogger("dicom_sr").setLevel(level)
+    route_warnings()
 
 
 #: Width of rich output sent to a file or pipe: rich assumes 80 columns there, which cuts a

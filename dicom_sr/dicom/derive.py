@@ -104,6 +104,8 @@ GREYSCALE_KEYWORDS: tuple[str, ...] = (
 )
 
 _SERIES_DESCRIPTION_MAX = 64  # LO
+_CS_MAX = 16
+_CS_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 _")
 _IS_MAX = 2**31 - 1
 
 
@@ -243,6 +245,18 @@ def _check(source: Dataset, encoded: EncodedPixels, scale: int, n: int, where: s
         raise ValueError(f"{where}: NumberOfFrames {src_frames}, cannot derive {n} frames")
 
 
+def _as_cs(value: str, where: str, keyword: str) -> str:
+    """``value`` as a valid Code String (upper case, digits, space, ``_``; 16 characters): a
+    scanner's own value (Aloka writes ``ABDOM/RAD`` in ImageType) copied as is would make the
+    derived object invalid."""
+    cs = "".join(c if c in _CS_CHARS else "_" for c in value.upper())[:_CS_MAX]
+    if cs != value:
+        logger.info(
+            "%s: %s value %r is not a valid CS; written as %r", where, tag_name(keyword), value, cs
+        )
+    return cs
+
+
 def _set_identity(
     ds: Dataset,
     source: Dataset,
@@ -256,7 +270,7 @@ def _set_identity(
     source_where = _source_name(source)
     ds.SeriesInstanceUID = UID(series_uid)
     ds.SOPInstanceUID = UID(sop_uid)
-    image_type = list(source.get("ImageType") or [])
+    image_type = [_as_cs(str(v), source_where, "ImageType") for v in source.get("ImageType") or []]
     ds.ImageType = ["DERIVED", "SECONDARY", *image_type[2:]]
     suffix = output.series_description_suffix.format(scale=scale)
     if revision:

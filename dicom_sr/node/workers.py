@@ -20,6 +20,7 @@ from typing import Any
 
 from dicom_sr.config import PipelineConfig
 from dicom_sr.errors import Cancelled, describe
+from dicom_sr.logs import route_warnings
 
 __all__ = ["LOG_FORMAT", "WorkerPool", "run_series_job"]
 
@@ -42,6 +43,7 @@ def _init_worker(stop_event: Any, parent_pid: int, log_level: int) -> None:
     _stop, _parent = stop_event, parent_pid
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
     logging.basicConfig(level=log_level, format=LOG_FORMAT, force=True)
+    route_warnings()
     logging.getLogger("pynetdicom").setLevel(max(log_level, logging.WARNING))
     if not stop_event.is_set():  # the executor replaces a worker as soon as it exits:
         # import torch while idle, not when a series comes; in a thread, so that a node that
