@@ -8,8 +8,8 @@ read back with the project's reader and compared with the original frames (PSNR 
 luminance, 2 px border left out, mean over the frames).
 
 Pipelines: ``old`` is the default of pipelines version 2 as far as settings go (ensemble 8 on
-every frame, contiguous memory format), run by today's code, so its time is if anything an
-underestimate of the old code's; ``new`` is today's default. Extra runs: ``--extra
+every frame, contiguous memory format, the model alone), run by today's code, so its time is
+if anything an underestimate of the old code's; ``new`` is today's default. Extra runs: ``--extra
 cine_ensemble=1`` and so on.
 
 Usage::
@@ -44,7 +44,7 @@ from dicom_sr.evaluate.metrics import psnr  # noqa: E402
 
 DEFAULT = ROOT / "pipelines" / "bmode-default.toml"
 #: pipelines version 2's inference settings, on today's default
-OLD = {"channels_last": "false", "cine_ensemble": '"same"', "ensemble": "8"}
+OLD = {"channels_last": "false", "cine_ensemble": '"same"', "ensemble": "8", "model_weight": "1.0"}
 
 
 def write_lr_cine(hr: list[np.ndarray], path: Path) -> None:

@@ -16,6 +16,12 @@ frame, at most ``--max-side`` px), degraded by antialiased bicubic x4. Strategie
     direct, with twice the downscaled fathers (``father_scales`` 8).
 ``batch``
     direct, with a batch of 4 crops per iteration instead of 2.
+``raw``
+    the model's own output whatever the guard says (margin -100 dB), to blend afterwards.
+``noadv``
+    raw, without the adversarial loss (L1 pixel and cycle losses only).
+``zssr``
+    raw, with ZSSR (one generator, L1 only) instead of the CycleGAN.
 
 Prints one JSON line per crop and strategy (PSNR of ibp, of the strategy, the gain and the
 guard's decision), then the mean gain and the worst crop per strategy.
@@ -62,6 +68,9 @@ def strategy(name: str, lr: np.ndarray, base: dict) -> tuple[np.ndarray, str]:
         "direct": {"model_weight": 1.0},
         "fathers": {"model_weight": 1.0, "father_scales": 8},
         "batch": {"model_weight": 1.0, "batch_size": 4},
+        "raw": {"model_weight": 1.0, "guard_margin_db": -100.0},
+        "noadv": {"model_weight": 1.0, "guard_margin_db": -100.0, "losses": {"adversarial": 0.0}},
+        "zssr": {"model_weight": 1.0, "guard_margin_db": -100.0, "method": "zssr"},
     }
     if name in extra:
         cfg = EngineConfig(scale=4, **base, **extra[name])

@@ -1,4 +1,4 @@
-"""The model's share of the output (``engine.model_weight``): the x4 default blends with ibp."""
+"""The model's share of the output (``engine.model_weight``): the default blends evenly with ibp."""
 
 from __future__ import annotations
 
@@ -18,11 +18,11 @@ def _ibp(frame: np.ndarray, scale: int) -> np.ndarray:
     return upscale(frame, fit([], cfg), cfg)
 
 
-def test_auto_is_the_model_at_x2_and_a_quarter_of_it_at_x4():
-    assert model_weight(EngineConfig(scale=2)) == 1.0
-    assert model_weight(EngineConfig(scale=3)) == 1.0
-    assert model_weight(EngineConfig(scale=4)) == 0.25
+def test_auto_is_the_even_blend_at_every_scale():
+    for scale in (2, 3, 4):
+        assert model_weight(EngineConfig(scale=scale)) == 0.5
     assert model_weight(EngineConfig(scale=4, model_weight=0.8)) == 0.8
+    assert model_weight(EngineConfig(scale=2, model_weight=1.0)) == 1.0
 
 
 @pytest.mark.parametrize("weight", ["auto", 0.5])
@@ -31,15 +31,17 @@ def test_the_x4_output_is_the_weighted_mean_of_model_and_ibp(weight):
     model = fit([frame], EngineConfig(scale=4, **BASE))
     alone = upscale(frame, model, EngineConfig(scale=4, model_weight=1.0, **BASE))
     mixed = upscale(frame, model, EngineConfig(scale=4, model_weight=weight, **BASE))
-    w = 0.25 if weight == "auto" else weight
+    w = 0.5 if weight == "auto" else weight
     expected = np.clip(w * alone + (1 - w) * _ibp(frame, 4), 0.0, 1.0)
     np.testing.assert_allclose(mixed, expected, atol=2e-6)
     assert float(np.abs(mixed - alone).max()) > 1e-3  # the blend really changed the output
 
 
-def test_at_x2_auto_leaves_the_model_alone():
+def test_at_x2_auto_blends_and_weight_1_is_the_model_alone():
     frame = _ge()[:64, :64]
     model = fit([frame], EngineConfig(scale=2, **BASE))
     auto = upscale(frame, model, EngineConfig(scale=2, **BASE))
     alone = upscale(frame, model, EngineConfig(scale=2, model_weight=1.0, **BASE))
-    assert np.array_equal(auto, alone)
+    expected = np.clip(0.5 * alone + 0.5 * _ibp(frame, 2), 0.0, 1.0)
+    np.testing.assert_allclose(auto, expected, atol=2e-6)
+    assert float(np.abs(auto - alone).max()) > 1e-3
