@@ -12,6 +12,8 @@ every frame, contiguous memory format, the model alone), run by today's code, so
 if anything an underestimate of the old code's; ``new`` is today's default. Extra runs: ``--extra
 cine_ensemble=1`` and so on.
 
+``--crop`` keeps one window of every frame (frame coordinates), for example tissue only.
+
 Usage::
 
     python benchmarks/cine_process.py --out results-cine-process-cpu.json
@@ -101,14 +103,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=120)
     ap.add_argument("--runs", default="new,old", help="old, new, and names given by --extra")
     ap.add_argument("--extra", action="append", default=[], help="NAME:key=value,key=value")
+    ap.add_argument("--crop", default=None, help="Y0:Y1,X0:X1 of every frame (default: whole)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     hr = read_frames(_testfile(CINE_120), args.frames)
+    if args.crop:
+        (y0, y1), (x0, x1) = (map(int, part.split(":")) for part in args.crop.split(","))
+        hr = [np.ascontiguousarray(f[y0:y1, x0:x1]) for f in hr]
     settings = {"old": OLD, "new": {}}
     for spec in args.extra:
         name, _, pairs = spec.partition(":")
         settings[name] = dict(p.split("=", 1) for p in pairs.split(","))
-    result = {"machine": machine_info(), "frames": len(hr), "runs": {}}
+    result = {"machine": machine_info(), "frames": len(hr), "crop": args.crop, "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         write_lr_cine(hr, work / "lr" / "cine.dcm")

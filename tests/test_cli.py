@@ -71,3 +71,20 @@ def test_process_listen_and_batch_take_the_same_pipeline_options() -> None:
     for name in ("process", "listen", "batch"):
         params = {p.name for p in main.commands[name].params}
         assert set(OPTION_KEYS) <= params, name
+
+
+def test_model_weight_option_reaches_the_engine_and_is_checked(tmp_path: Path) -> None:
+    """--model-weight sets engine.model_weight; a weight outside [0, 1] is a bad option."""
+    from dicom_sr.cli.options import load_config
+
+    assert load_config({"model_weight": 1.0}).engine.model_weight == 1.0
+    assert load_config({}).engine.model_weight == "auto"
+    src = str(us_file("US1_UNCR.dcm"))
+    bad = CliRunner().invoke(
+        main, ["process", src, "--out", str(tmp_path / "x"), "--model-weight", "2"]
+    )
+    assert bad.exit_code == 2 and "--model-weight" in bad.output
+    args = ["--method", "ibp", "--model-weight", "1", "--json"]
+    ok = CliRunner().invoke(main, ["process", src, "--out", str(tmp_path / "o"), *args])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["instances_written"] == 1

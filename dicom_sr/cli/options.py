@@ -64,6 +64,15 @@ _ENGINE = [
     ),
     click.option("--seed", type=int, default=None, help="Random seed (same seed, same output)."),
     click.option(
+        "--model-weight",
+        "model_weight",
+        type=click.FloatRange(0.0, 1.0),
+        default=None,
+        metavar="W",
+        help="The model's share of the output, the rest ibp (default: the pipeline's, auto = "
+        "0.5; 1 = the model alone).",
+    ),
+    click.option(
         "--vgg19",
         "vgg19",
         type=click.Path(exists=True, dir_okay=False),
@@ -108,6 +117,7 @@ OPTION_KEYS = (
     "ensemble",
     "device",
     "seed",
+    "model_weight",
     "vgg19",
     "scale",
     "compress",
@@ -146,6 +156,7 @@ def load_config(opts: Mapping[str, Any], **overrides: Any) -> PipelineConfig:
         "engine.cine_ensemble": "same" if opts.get("ensemble") else None,
         "engine.device": opts.get("device"),
         "engine.seed": opts.get("seed"),
+        "engine.model_weight": opts.get("model_weight"),
         "engine.vgg19_weights": opts.get("vgg19"),
         "output.compress": opts.get("compress"),
         "engine.finetune_iterations": finetune,
