@@ -25,6 +25,7 @@ __all__ = [
     "InputError",
     "WriteError",
     "Cancelled",
+    "MissingExtra",
     "describe",
 ]
 
@@ -97,6 +98,11 @@ class WriteError(DicomSrError):
         full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
         reason = f"{exc.strerror or exc} (errno {exc.errno})" if exc.errno else str(exc)
         return cls(path, reason, source=source, disk_full=full)
+
+
+class MissingExtra(RuntimeError):
+    """A command needs an optional dependency that is not installed; the message says which
+    extra to install. Not about any input: the command stops before doing work."""
 
 
 class Cancelled(DicomSrError):

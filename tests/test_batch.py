@@ -305,3 +305,18 @@ def test_dry_run_plans_and_bad_options_exit_2(tmp_path):
     empty.mkdir()
     res = runner.invoke(main, ["batch", str(empty), "--out", str(out / "e")])
     assert res.exit_code == 1 and "planned 0 series" in res.output
+
+
+def test_without_distributed_batch_says_which_extra_in_one_line(tmp_path, monkeypatch):
+    """A set-up without the batch extra: one clear error line and exit 1, not a traceback."""
+    from click.testing import CliRunner
+
+    from dicom_sr.cli import main
+
+    archive = tmp_path / "archive"
+    _copy(SINGLES[:1], archive)
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed -> ImportError
+    res = CliRunner().invoke(main, ["batch", str(archive), "--out", str(tmp_path / "out")])
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
+    assert "Error: dicom-sr batch needs distributed: pip install 'dicom-sr[batch]'" in res.output
+    assert "Traceback" not in res.output

@@ -21,7 +21,7 @@ from typing import Any
 from dicom_sr.batch.plan import Plan, plan_archive
 from dicom_sr.batch.tasks import LEASE_SECONDS, run_series_task
 from dicom_sr.config import PipelineConfig
-from dicom_sr.errors import describe
+from dicom_sr.errors import MissingExtra, describe
 from dicom_sr.jobs import JobStore
 
 __all__ = ["BatchOptions", "BatchStats", "run_batch", "REPORT_NAME"]
@@ -116,7 +116,7 @@ def _execute(todo, config, out, options, store, stats, info, progress) -> None:
     try:
         from distributed import Client, LocalCluster, as_completed
     except ImportError as exc:  # pragma: no cover - an extra
-        raise RuntimeError(
+        raise MissingExtra(
             "dicom-sr batch needs distributed: pip install 'dicom-sr[batch]'"
         ) from exc
 

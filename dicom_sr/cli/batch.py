@@ -17,6 +17,7 @@ from dicom_sr.cli.options import (
     setup_logging,
     usable_out,
 )
+from dicom_sr.errors import MissingExtra
 
 logger = logging.getLogger("dicom_sr.batch")
 
@@ -115,6 +116,8 @@ def batch(
             report = run_batch(archive, config, out, options, progress=progress)
     except ConnectionError as exc:
         raise click.BadParameter(str(exc), param_hint="--scheduler") from None
+    except MissingExtra as exc:  # a set-up problem, not a crash: one line, exit 1
+        raise click.ClickException(str(exc)) from None
     except sqlite3.DatabaseError as exc:  # an unusable job store is an unusable --out
         raise click.BadParameter(f"{out}/jobs.sqlite3: {exc}", param_hint="--out") from None
     except KeyboardInterrupt:
