@@ -58,8 +58,8 @@ CROPS_B = [
 SETS = {"A": CROPS_A, "B": CROPS_B}
 
 
-def crops(which: str = "A") -> list[tuple[str, str, np.ndarray]]:
-    """(label, scanner, HR tissue crop) for each entry of set ``which``."""
+def crops(which: str = "A") -> list[tuple[str, str, np.ndarray, tuple[slice, slice]]]:
+    """(label, scanner, whole region frame, (rows, cols) of the tissue) for set ``which``."""
     from pydicom.data import get_testdata_file
 
     out = []
@@ -69,24 +69,34 @@ def crops(which: str = "A") -> list[tuple[str, str, np.ndarray]]:
         if index:
             frame = load_cine(cines[0], scales=[4], margin=0, max_frames=index + 1)[index]
         label = f"{name}#{index} [{rows.start}:{rows.stop}, {cols.start}:{cols.stop}]"
-        out.append((label, scanner, np.ascontiguousarray(frame[rows, cols])))
+        out.append((label, scanner, np.ascontiguousarray(frame), (rows, cols)))
     return out
 
 
 def measure(
-    hr: np.ndarray, scale: int, engine: EngineConfig, weights: list[float], seeds: int = 1
+    hr: np.ndarray,
+    scale: int,
+    engine: EngineConfig,
+    weights: list[float],
+    seeds: int = 1,
+    save: Path | None = None,
+    window: tuple[slice, slice] | None = None,
 ) -> dict:
     """Gains over ``ibp`` of the shipped output, the model alone and the blends.
 
     ``seeds`` > 1: "alone" is the mean of the own outputs of that many models, fitted with
     seeds 0, 1, ... (the shipped output is the first one's); ``alone1`` is the first alone.
+    ``save``: an ``.npz`` file for the arrays (hr, lr, ibp, alone, shipped), to study other
+    combinations of the two without fitting again (``pixel_blend.py``).
+    ``window``: ``hr`` is a whole frame, degraded, fitted and upscaled whole as ``process``
+    does; only this window of it (the tissue) is scored and saved.
     """
     hr = hr[: hr.shape[0] // scale * scale, : hr.shape[1] // scale * scale]
     lr = Degradation("bicubic").apply(hr, scale)
+    cut = (lambda x: x[window]) if window is not None else (lambda x: x)
     cfg = engine.model_copy(update={"scale": scale})
     ibp_cfg = cfg.model_copy(update={"method": "ibp"})
     ibp = upscale(lr, fit([], ibp_cfg), ibp_cfg)
-    base = score(hr, ibp, scale)["psnr"]
     t0 = time.perf_counter()
     model = fit([lr], cfg)
     shipped = upscale(lr, model, cfg)
@@ -100,6 +110,10 @@ def measure(
         other = fit([lr], cfg.model_copy(update={"seed": seed, "guard": False}))
         alone = alone + upscale(lr, other, cfg.model_copy(update={"model_weight": 1.0}))
     alone = alone / seeds
+    hr, ibp, shipped, alone, first = (cut(x) for x in (hr, ibp, shipped, alone, first))
+    base = score(hr, ibp, scale)["psnr"]
+    if save is not None:
+        np.savez_compressed(save, hr=hr, ibp=ibp, alone=alone, shipped=shipped)
     row = {
         "scale": scale,
         "hw": list(hr.shape),
@@ -128,19 +142,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--seeds", type=int, default=1, help="models averaged for 'alone'")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--save", type=Path, default=None, help="folder for each crop's arrays")
+    ap.add_argument(
+        "--fit-on",
+        choices=("crop", "frame"),
+        default="crop",
+        help="degrade and fit the crop alone, or the whole frame (scored on the crop)",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     overrides = {"engine.device": "cpu", "engine.threads": args.threads}
     for item in args.engine:
         key, _, value = item.partition("=")
-        overrides[f"engine.{key}"] = json.loads(value) if value[:1] in "0123456789-[{tf" else value
+        literal = value[:1] in "0123456789-[{tf"
+        overrides[f"engine.{key}"] = json.loads(value) if literal else value
     engine = load_pipeline(args.pipeline, overrides).engine
     weights = [float(w) for w in args.weights.split(",") if w]
     rows = []
-    for name, scanner, hr in crops(args.which):
+    if args.save:
+        args.save.mkdir(parents=True, exist_ok=True)
+    for i, (name, scanner, frame, window) in enumerate(crops(args.which)):
+        hr, win = (frame, window) if args.fit_on == "frame" else (frame[window], None)
         for scale in (int(s) for s in args.scales.split(",")):
-            row = {"crop": name, "set": args.which, "scanner": scanner}
-            row.update(measure(hr, scale, engine, weights, args.seeds))
+            row = {"crop": name, "set": args.which, "scanner": scanner, "fit_on": args.fit_on}
+            save = args.save / f"{args.which}{i}-x{scale}.npz" if args.save else None
+            row.update(measure(hr, scale, engine, weights, args.seeds, save, win))
             rows.append(row)
             print(json.dumps(row), flush=True)
             if args.out:

@@ -88,3 +88,16 @@ def test_model_weight_option_reaches_the_engine_and_is_checked(tmp_path: Path) -
     ok = CliRunner().invoke(main, ["process", src, "--out", str(tmp_path / "o"), *args])
     assert ok.exit_code == 0, ok.output
     assert json.loads(ok.stdout)["instances_written"] == 1
+
+
+def test_model_scale_option_reaches_the_engine_and_is_checked(tmp_path: Path) -> None:
+    """--model-scale sets engine.model_scale; one that does not divide --scale is exit 2."""
+    from dicom_sr.cli.options import load_config
+
+    assert load_config({"model_scale": "4", "scale": "4"}).engine.model_scale == 4
+    assert load_config({}).engine.model_scale == "auto"
+    src = str(us_file("US1_UNCR.dcm"))
+    args = ["--scale", "3", "--model-scale", "2"]
+    bad = CliRunner().invoke(main, ["process", src, "--out", str(tmp_path / "x"), *args])
+    assert bad.exit_code == 2 and "model_scale 2 does not divide scale 3" in bad.output
+    assert not (tmp_path / "x").exists()

@@ -28,9 +28,10 @@ def test_auto_is_the_even_blend_at_every_scale():
 @pytest.mark.parametrize("weight", ["auto", 0.5])
 def test_the_x4_output_is_the_weighted_mean_of_model_and_ibp(weight):
     frame = _ge()[:96, :96]  # a real GE tissue crop
-    model = fit([frame], EngineConfig(scale=4, **BASE))
-    alone = upscale(frame, model, EngineConfig(scale=4, model_weight=1.0, **BASE))
-    mixed = upscale(frame, model, EngineConfig(scale=4, model_weight=weight, **BASE))
+    direct = dict(BASE, model_scale=4)  # an x4 model (auto learns x2 at x4)
+    model = fit([frame], EngineConfig(scale=4, **direct))
+    alone = upscale(frame, model, EngineConfig(scale=4, model_weight=1.0, **direct))
+    mixed = upscale(frame, model, EngineConfig(scale=4, model_weight=weight, **direct))
     w = 0.5 if weight == "auto" else weight
     expected = np.clip(w * alone + (1 - w) * _ibp(frame, 4), 0.0, 1.0)
     np.testing.assert_allclose(mixed, expected, atol=2e-6)

@@ -73,6 +73,14 @@ _ENGINE = [
         "0.5; 1 = the model alone).",
     ),
     click.option(
+        "--model-scale",
+        "model_scale",
+        type=click.Choice(["auto", "2", "3", "4"]),
+        default=None,
+        help="The factor the model learns, the rest of the scale being bicubic and back "
+        "projection (default: the pipeline's, auto = 2 at x4; 4 = a direct x4 model).",
+    ),
+    click.option(
         "--vgg19",
         "vgg19",
         type=click.Path(exists=True, dir_okay=False),
@@ -118,6 +126,7 @@ OPTION_KEYS = (
     "device",
     "seed",
     "model_weight",
+    "model_scale",
     "vgg19",
     "scale",
     "compress",
@@ -141,6 +150,10 @@ engine_options = _apply(_ENGINE)
 output_options = _apply(_OUTPUT)
 
 
+def _model_scale(value: str | None) -> str | int | None:
+    return int(value) if value and value.isdigit() else value
+
+
 def load_config(opts: Mapping[str, Any], **overrides: Any) -> PipelineConfig:
     """The pipeline named in ``opts`` with the given options applied; a bad key is exit 2.
 
@@ -157,6 +170,7 @@ def load_config(opts: Mapping[str, Any], **overrides: Any) -> PipelineConfig:
         "engine.device": opts.get("device"),
         "engine.seed": opts.get("seed"),
         "engine.model_weight": opts.get("model_weight"),
+        "engine.model_scale": _model_scale(opts.get("model_scale")),
         "engine.vgg19_weights": opts.get("vgg19"),
         "output.compress": opts.get("compress"),
         "engine.finetune_iterations": finetune,

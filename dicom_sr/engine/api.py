@@ -27,7 +27,9 @@ from dicom_sr.engine.guard import hold_aside, judge
 from dicom_sr.engine.guard import skipped as guard_skipped
 from dicom_sr.engine.infer import (
     blend_with_ibp,
+    finish_scale,
     ibp,
+    model_scale,
     model_weight,
     precision,
     self_ensemble,
@@ -66,9 +68,9 @@ WEIGHTS_VERSION = 1
 class TrainedModel:
     """What :func:`fit` returns and :func:`upscale` uses.
 
-    ``generator_state`` is the state dict of ``Generator(scale)`` (on the CPU), or None for the
-    methods that learn nothing. ``info`` holds plain values: iterations, final_lr, seconds,
-    perceptual, history, warm_start.
+    ``generator_state`` is the state dict of ``Generator(info["model_scale"])`` (on the CPU;
+    ``scale`` when absent), or None for the methods that learn nothing. ``info`` holds plain
+    values: iterations, final_lr, seconds, perceptual, history, warm_start, model_scale.
     """
 
     method: str
@@ -182,10 +184,17 @@ def _apply_ibp(lr, model, config, device) -> torch.Tensor:
     return ibp(lr.to(device), config)
 
 
+def learned_scale(model: TrainedModel) -> int:
+    """The factor ``model``'s generator upscales by (:func:`dicom_sr.engine.infer.model_scale`)."""
+    return int(model.info.get("model_scale", model.scale))
+
+
 def _fit_learned(name: str) -> Callable[..., TrainedModel]:
     def fit_(frames, config, *, init, iterations, lr, progress, device) -> TrainedModel:
         from dicom_sr.engine.train import train
 
+        out_scale, ms = config.scale, model_scale(config)
+        config = config.model_copy(update={"scale": ms})  # what the generator learns
         if not frames:
             raise ValueError(f"method {name!r} needs at least one frame to learn from")
         init_state = None
@@ -194,9 +203,10 @@ def _fit_learned(name: str) -> Callable[..., TrainedModel]:
                 raise ValueError(
                     f"cannot warm-start {name!r} from a {init.method!r} model: it has no weights"
                 )
-            if init.scale != config.scale:
+            if (init.scale, learned_scale(init)) != (out_scale, ms):
                 raise ValueError(
-                    f"cannot warm-start a x{config.scale} model from a x{init.scale} model"
+                    f"cannot warm-start a x{out_scale} model learning x{ms} from a "
+                    f"x{init.scale} model learning x{learned_scale(init)}"
                 )
             init_state = init.generator_state
         held = hold_aside(frames, config) if config.guard else None
@@ -225,8 +235,9 @@ def _fit_learned(name: str) -> Callable[..., TrainedModel]:
             "warm_start": init is not None,
             "frames": len(frames),
             "guard": verdict,
+            "model_scale": ms,
         }
-        return TrainedModel(name, config.scale, state, info)
+        return TrainedModel(name, out_scale, state, info)
 
     return fit_
 
@@ -248,9 +259,13 @@ def guard_decision(model: TrainedModel) -> str:
 def _apply_learned(lr, model, config, device) -> torch.Tensor:
     if guard_decision(model) == "ibp":
         return _apply_ibp(lr, model, config, device)
-    sr = self_ensemble(_generator(model.scale, model.generator_state), lr, config, device)
+    ms = learned_scale(model)
+    cfg = config if ms == config.scale else config.model_copy(update={"scale": ms})
+    sr = self_ensemble(_generator(ms, model.generator_state), lr, cfg, device)
     w = model_weight(config)
-    return sr if w >= 1.0 else blend_with_ibp(sr, _apply_ibp(lr, model, config, device), w)
+    if w < 1.0:
+        sr = blend_with_ibp(sr, _apply_ibp(lr, model, cfg, device), w)
+    return sr if ms == config.scale else finish_scale(sr, lr, config)
 
 
 #: The registry: method name -> :class:`Method`.
