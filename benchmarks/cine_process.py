@@ -14,6 +14,10 @@ cine_ensemble=1`` and so on.
 
 ``--crop`` keeps one window of every frame (frame coordinates), for example tissue only.
 
+``--src DIR`` adds a run ``src``: another checkout's ``process`` with its own default pipeline
+(its source tree first on the child's ``PYTHONPATH``), for the code and defaults of an earlier
+commit rather than only its settings.
+
 ``--regions`` keeps the scanner's Sequence of Ultrasound Regions in the LR cine (coordinates
 halved, physical spacing doubled), as a real scanner file has it: ``process`` then runs the
 model inside the tissue region only and pixel-replicates the menu bar and the text around it,
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import re
 import subprocess
 import sys
@@ -143,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--extra", action="append", default=[], help="NAME:key=value,key=value")
     ap.add_argument("--crop", default=None, help="Y0:Y1,X0:X1 of every frame (default: whole)")
     ap.add_argument("--regions", action="store_true", help="keep the scanner's regions")
+    ap.add_argument("--src", type=Path, default=None, help="another checkout: run 'src'")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     if args.regions and args.crop:
@@ -163,12 +169,20 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         write_lr_cine(hr, work / "lr" / "cine.dcm", regions=args.regions)
         for name in args.runs.split(","):
-            toml = pipeline_file(work, name, settings[name])
             out = work / f"out-{name}"
             cmd = [sys.executable, "-m", "dicom_sr.cli", "process", str(work / "lr"), "--out",
-                   str(out), "--pipeline", str(toml), "--json", "-q"]  # fmt: skip
+                   str(out), "--json", "-q"]  # fmt: skip
+            env, cwd = dict(os.environ), ROOT
+            if name == "src":
+                if args.src is None:
+                    ap.error("run 'src' needs --src")
+                cwd = args.src.resolve()
+                env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(cwd), env.get("PYTHONPATH")]))
+                settings["src"] = {"checkout": str(cwd)}
+            else:
+                cmd += ["--pipeline", str(pipeline_file(work, name, settings[name]))]
             t0 = time.perf_counter()
-            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env)
             seconds = time.perf_counter() - t0
             if proc.returncode != 0:
                 raise SystemExit(f"{name}: exit {proc.returncode}\n{proc.stderr[-2000:]}")
@@ -181,14 +195,15 @@ def main(argv: list[str] | None = None) -> int:
             keys = ("seconds", "psnr", "psnr_region")
             print(json.dumps({name: {k: row[k] for k in keys if k in row}}), flush=True)
     runs = result["runs"]
-    if "old" in runs and "new" in runs:
-        result["speedup"] = round(runs["old"]["seconds"] / runs["new"]["seconds"], 2)
-        result["psnr_change"] = round(runs["new"]["psnr"] - runs["old"]["psnr"], 4)
-        if box:
-            change = runs["new"]["psnr_region"] - runs["old"]["psnr_region"]
-            result["psnr_region_change"] = round(change, 4)
-    keys = ("speedup", "psnr_change", "psnr_region_change")
-    print(json.dumps({k: result[k] for k in keys if k in result}))
+    for ref in ("old", "src"):
+        if ref in runs and "new" in runs:
+            new, then = runs["new"], runs[ref]
+            versus = {"speedup": round(then["seconds"] / new["seconds"], 2),
+                      "psnr_change": round(new["psnr"] - then["psnr"], 4)}  # fmt: skip
+            if box:
+                versus["psnr_region_change"] = round(new["psnr_region"] - then["psnr_region"], 4)
+            result[f"new_vs_{ref}"] = versus
+            print(json.dumps({f"new_vs_{ref}": versus}))
     if args.out:
         args.out.write_text(json.dumps(result, indent=1, default=str))
     return 0

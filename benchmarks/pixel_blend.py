@@ -33,7 +33,8 @@ sys.path.insert(0, str(ROOT))
 
 from dicom_sr.config import load_pipeline  # noqa: E402
 from dicom_sr.engine import fit, upscale  # noqa: E402
-from dicom_sr.evaluate.protocol import score  # noqa: E402
+from dicom_sr.evaluate.metrics import psnr  # noqa: E402
+from dicom_sr.evaluate.protocol import shave  # noqa: E402
 
 
 def gen_cine(out: Path, frames: int, threads: int) -> None:
@@ -108,7 +109,12 @@ def detail(tau: float, sigma: float, floor: float) -> Rule:
     return rule
 
 
-def evaluate(folders: list[Path]) -> dict:
+def _psnr(hr: np.ndarray, sr: np.ndarray, scale: int) -> float:
+    """PSNR as ``tissue_crops.py`` scores it: a ``scale``-pixel border left out."""
+    return psnr(shave(hr, scale), shave(np.clip(sr, 0.0, 1.0), scale))
+
+
+def evaluate(folders: list[Path], out: Path | None = None) -> dict:
     rules: dict[str, Rule] = {"w=1": const(1.0), "w=0.5": const(0.5)}
     for tau in (0.02, 0.04, 0.08):
         for sigma in (1.0, 2.0):
@@ -118,10 +124,10 @@ def evaluate(folders: list[Path]) -> dict:
         a = dict(np.load(path))
         scale = int(path.stem.rsplit("-x", 1)[1])
         group = ("cine" if path.stem.startswith("cine") else "crops") + f" x{scale}"
-        base = score(a["hr"], a["ibp"], scale)["psnr"]
+        base = _psnr(a["hr"], a["ibp"], scale)
         row = {}
         for name, rule in rules.items():
-            gain = score(a["hr"], rule(a), scale)["psnr"] - base
+            gain = _psnr(a["hr"], rule(a), scale) - base
             groups.setdefault(group, {}).setdefault(name, []).append(gain)
             row[name] = round(gain, 3)
         print(path.stem, json.dumps(row), flush=True)
@@ -133,6 +139,8 @@ def evaluate(folders: list[Path]) -> dict:
         print(f"-- {g} ({len(next(iter(groups[g].values())))} items): mean / worst")
         for n, (mean, worst) in r.items():
             print(f"   {n:28s} {mean:+.3f} / {worst:+.3f}")
+    if out:
+        out.write_text(json.dumps({"mean_worst_db": summary}, indent=1))
     return summary
 
 
@@ -145,11 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--threads", type=int, default=1)
     e = sub.add_parser("eval")
     e.add_argument("folders", type=Path, nargs="+")
+    e.add_argument("--out", type=Path, default=None, help="JSON summary")
     args = ap.parse_args(argv)
     if args.cmd == "gen-cine":
         gen_cine(args.out, args.frames, args.threads)
     else:
-        evaluate(args.folders)
+        evaluate(args.folders, args.out)
     return 0
 
 

@@ -55,7 +55,16 @@ CROPS_B = [
     ("color3d_jpeg_baseline.dcm", "SonoSite", 30, slice(40, 200), slice(176, 336)),
     ("examples_ybr_color.dcm", "SonoSite", 15, slice(8, 168), slice(8, 168)),
 ]
-SETS = {"A": CROPS_A, "B": CROPS_B}
+#: Set "C", chosen (by eye, before any result on them) to check version 7's x4 route, which
+#: sets A and B had chosen: other tissue of the JPGLossless frame, other cine frames.
+CROPS_C = [
+    ("JPGLosslessP14SV1_1s_1f_8b.dcm", "Philips", 0, slice(448, 640), slice(584, 776)),
+    ("JPGLosslessP14SV1_1s_1f_8b.dcm", "Philips", 0, slice(400, 560), slice(200, 320)),
+    ("color3d_jpeg_baseline.dcm", "SonoSite", 90, slice(176, 336), slice(208, 400)),
+    ("color3d_jpeg_baseline.dcm", "SonoSite", 110, slice(96, 256), slice(160, 352)),
+    ("examples_ybr_color.dcm", "SonoSite", 25, slice(16, 176), slice(24, 184)),
+]
+SETS = {"A": CROPS_A, "B": CROPS_B, "C": CROPS_C}
 
 
 def crops(which: str = "A") -> list[tuple[str, str, np.ndarray, tuple[slice, slice]]]:
