@@ -57,6 +57,8 @@ from dicom_sr.evaluate.measure import machine_info  # noqa: E402
 from dicom_sr.evaluate.metrics import psnr  # noqa: E402
 
 DEFAULT = ROOT / "pipelines" / "bmode-default.toml"
+#: the CLI, as the console script calls it (older checkouts have no ``dicom_sr.cli.__main__``)
+CLI = "import sys; from dicom_sr.cli import main; sys.exit(main())"
 #: pipelines version 2's inference settings, on today's default
 OLD = {"channels_last": "false", "cine_ensemble": '"same"', "ensemble": "8", "model_weight": "1.0"}
 
@@ -170,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         write_lr_cine(hr, work / "lr" / "cine.dcm", regions=args.regions)
         for name in args.runs.split(","):
             out = work / f"out-{name}"
-            cmd = [sys.executable, "-m", "dicom_sr.cli", "process", str(work / "lr"), "--out",
-                   str(out), "--json", "-q"]  # fmt: skip
+            cmd = [sys.executable, "-c", CLI, "process", str(work / "lr"), "--out", str(out),
+                   "--json", "-q"]  # fmt: skip
             env, cwd = dict(os.environ), ROOT
             if name == "src":
                 if args.src is None:

@@ -82,8 +82,11 @@ def _cpu_model() -> str:
 
 
 def machine_info() -> dict:
-    """CPU model, cores, memory, Python/torch versions, torch threads and GPU (if any)."""
+    """CPU model, cores, memory, Python/torch versions, torch threads and GPU (if any), and
+    whether the CPU computes bf16 natively (then ``engine.precision = "auto"`` runs bf16)."""
     import torch
+
+    from dicom_sr.engine.infer import native_bf16
 
     info = {
         "cpu_model": _cpu_model(),
@@ -95,6 +98,8 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_native_bf16": native_bf16(torch.device("cpu")),
         "cuda": None,
     }
     if torch.cuda.is_available():
