@@ -145,7 +145,7 @@ def model_scale(config: EngineConfig) -> int:
 
     ``"auto"``: 2 at x4, the scale itself at x2 and x3. On sixteen real tissue crops at x4 an
     x2 model fitted to the LR frame, its blend with ``ibp`` at x2, then ``ibp``'s last x2,
-    gained +0.27 dB over ``ibp`` on average against +0.13 for an x4 model (docs/benchmarks.rst,
+    gained +0.30 dB over ``ibp`` on average against +0.08 for an x4 model (docs/benchmarks.rst,
     seventh session): the frame's own x2 pairs are four times larger than its x4 ones.
     """
     if config.model_scale == "auto":
