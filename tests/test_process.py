@@ -295,3 +295,20 @@ def test_cold_cine_mode_trains_per_frame_only(tmp_path: Path) -> None:
     assert series["frames"] == 6 and series["train_seconds"] == 0.0
     ds = pydicom.dcmread(series["written"][0])
     assert ds.NumberOfFrames == 6 and "cyclegan" in ds.DerivationDescription
+
+
+def test_x4_through_an_x2_model_is_recorded_in_the_header(tmp_path: Path) -> None:
+    """At x4 the default learns x2 (engine.model_scale auto); the header says so."""
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(us_file("color-pl.dcm"), src / "a.dcm")
+    args = ["--method", "zssr", "--iterations", "2", "--ensemble", "1", "--scale", "4"]
+    code, summary, out = _run(str(src), "--out", str(tmp_path / "out"), *args)
+    assert code == 0, out
+    [series] = summary["series"]
+    out_ds = pydicom.dcmread(series["written"][0])
+    src_ds = pydicom.dcmread(src / "a.dcm")
+    assert (out_ds.Rows, out_ds.Columns) == (4 * src_ds.Rows, 4 * src_ds.Columns)
+    text = out_ds.DerivationDescription
+    assert "zssr (x2 model, then bicubic and back projection to x4)" in text
+    assert "Super-resolution x4" in text

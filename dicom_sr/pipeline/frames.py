@@ -71,8 +71,12 @@ def make_provenance(
 ) -> Provenance:
     """What the derived headers record: the method, the configuration's hash, the guard."""
     info = model.info if model is not None else {}
+    method, scale = config.engine.method, config.engine.scale
+    learned = int(info.get("model_scale", scale))
+    if learned != scale:  # x4 through an x2 model (engine.model_scale)
+        method += f" (x{learned} model, then bicubic and back projection to x{scale})"
     return Provenance(
-        method=config.engine.method,
+        method=method,
         scale=config.engine.scale,
         iterations=int(info.get("iterations", 0)),
         pipeline_name=config.name,
