@@ -17,7 +17,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from collections.abc import Callable
@@ -41,6 +40,7 @@ def gen_cine(out: Path, frames: int, threads: int) -> None:
     """Whole luminance frames of the SonoSite cine, degraded x2 and rounded to 8 bits as
     ``cine_process.py`` writes them; one model for the cine as ``process`` fits it."""
     from run import CINE_120, _testfile, degrade, read_frames
+    from tissue_crops import guard_overruled
 
     from dicom_sr.engine.api import fit_cine
 
@@ -48,9 +48,7 @@ def gen_cine(out: Path, frames: int, threads: int) -> None:
     lrs = [np.rint(degrade(f, 2) * 255).astype(np.float32) / 255 for f in hr]
     engine = load_pipeline(None, {"engine.device": "cpu", "engine.threads": threads}).engine
     cfg = engine.model_copy(update={"scale": 2, "ensemble": 2})
-    model = fit_cine(lrs, cfg)
-    guard = model.info.get("guard") or {}
-    kept = dataclasses.replace(model, info={**model.info, "guard": {**guard, "decision": "model"}})
+    kept = guard_overruled(fit_cine(lrs, cfg))
     ibp_cfg = cfg.model_copy(update={"method": "ibp"})
     ibp_model = fit([], ibp_cfg)
     out.mkdir(parents=True, exist_ok=True)

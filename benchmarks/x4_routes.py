@@ -34,8 +34,7 @@ from tissue_crops import SETS, crops  # noqa: E402
 
 from dicom_sr.config import load_pipeline  # noqa: E402
 from dicom_sr.engine import fit, upscale  # noqa: E402
-from dicom_sr.engine.infer import back_project  # noqa: E402
-from dicom_sr.engine.resize import upscale_bicubic  # noqa: E402
+from dicom_sr.engine.infer import back_project, finish_scale  # noqa: E402
 from dicom_sr.evaluate.protocol import Degradation, score  # noqa: E402
 
 
@@ -62,11 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         row = {"crop": name, "set": args.which}
         alone_cfg = c2.model_copy(update={"model_weight": 1.0})
         for tag, mid in (("blend", upscale(lr, m2, c2)), ("alone", upscale(lr, m2, alone_cfg))):
-            up = upscale_bicubic(_t(mid), 2).clamp(0, 1)
-            a = back_project(up, _t(lr), 4, c4, 20)[0, 0].numpy()
+            a = finish_scale(_t(mid), _t(lr), c4)[0, 0].numpy()
             row[f"{tag}+bic"] = round(score(hr, a, 4)["psnr"] - base, 3)
             twice = upscale(mid, m2, alone_cfg)
-            b = back_project(_t(twice), _t(lr), 4, c4, 20)[0, 0].numpy()
+            b = back_project(_t(twice), _t(lr), 4, c4, c4.back_projection_iters)[0, 0].numpy()
             row[f"{tag}+G"] = round(score(hr, b, 4)["psnr"] - base, 3)
             row[f"{tag}+G,w.5"] = round(score(hr, 0.5 * b + 0.5 * ibp, 4)["psnr"] - base, 3)
         print(json.dumps(row), flush=True)

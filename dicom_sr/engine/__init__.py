@@ -5,6 +5,7 @@ Public API (implemented in :mod:`dicom_sr.engine.api`)::
     fit(frames, config, *, init=None, iterations=None, lr=None, progress=None) -> TrainedModel
     upscale(frame, model, config) -> np.ndarray   # ibp output when the guard said so
     guard_decision(model) -> "model" | "ibp"      # model.info["guard"]: see engine.guard
+    learned_scale(model) -> int                   # the factor its generator learned
     super_resolve(frame, config, progress=None) -> np.ndarray
     fit_cine(frames, config, progress=None) -> TrainedModel
     cine_frame_indices(n, k) -> list[int]
@@ -25,6 +26,7 @@ from dicom_sr.engine.api import (
     fit_cine,
     get_method,
     guard_decision,
+    learned_scale,
     load_weights,
     pixel_identity,
     save_weights,
@@ -43,6 +45,7 @@ __all__ = [
     "fit_cine",
     "get_method",
     "guard_decision",
+    "learned_scale",
     "load_weights",
     "pixel_identity",
     "save_weights",

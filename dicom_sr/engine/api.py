@@ -45,6 +45,7 @@ __all__ = [
     "finetune",
     "upscale",
     "guard_decision",
+    "learned_scale",
     "super_resolve",
     "fit_cine",
     "cine_frame_indices",

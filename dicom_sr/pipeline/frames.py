@@ -24,6 +24,7 @@ from dicom_sr.engine import (
     finetune,
     fit,
     get_method,
+    learned_scale,
     upscale,
     upscale_np,
 )
@@ -72,12 +73,12 @@ def make_provenance(
     """What the derived headers record: the method, the configuration's hash, the guard."""
     info = model.info if model is not None else {}
     method, scale = config.engine.method, config.engine.scale
-    learned = int(info.get("model_scale", scale))
+    learned = learned_scale(model) if model is not None else scale
     if learned != scale:  # x4 through an x2 model (engine.model_scale)
         method += f" (x{learned} model, then bicubic and back projection to x{scale})"
     return Provenance(
         method=method,
-        scale=config.engine.scale,
+        scale=scale,
         iterations=int(info.get("iterations", 0)),
         pipeline_name=config.name,
         pipeline_version=config.version,
