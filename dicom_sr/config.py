@@ -26,6 +26,8 @@ from pydantic import (
     model_validator,
 )
 
+from dicom_sr.errors import DicomSrError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -46,7 +48,7 @@ __all__ = [
 DEFAULT_PIPELINE = "bmode-default"
 
 
-class ConfigError(ValueError):
+class ConfigError(DicomSrError, ValueError):
     """A pipeline file or override is invalid; the message names the key and the source."""
 
 

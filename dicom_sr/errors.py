@@ -12,8 +12,18 @@ Two families, and only these, leave the layers below the front ends:
 lease lost); the series is neither done nor failed and can be picked up again.
 
 Anything else raised while one item is handled is a bug or an environment fault: the front end
-turns it into that item's failure with :func:`describe` (``ExceptionType: message``), logs the
-traceback at debug level, and goes on. Only bad options and an unusable ``--out`` end a run.
+turns it into that item's failure with :func:`describe` (``ExceptionType: message``) and goes on.
+Only bad options and an unusable ``--out`` end a run.
+
+Every exception that dicom-sr raises on purpose derives from :class:`DicomSrError` (some also
+from a builtin, e.g. :class:`~dicom_sr.config.ConfigError` is a :class:`ValueError`), so a
+library user can catch "anything dicom-sr raised".
+
+:func:`classify` tells the front ends that keep attempt counts (the node, batch) what a failure
+means for a retry: :data:`CANCELLED` (we stopped it: requeue, no attempt used),
+:data:`PERMANENT` (an input error or a bug: a retry gives the same result, fail at once and log
+the traceback at ERROR) or :data:`TRANSIENT` (a lost worker, I/O, a destination that is down:
+retry with back-off).
 """
 
 from __future__ import annotations
@@ -26,6 +36,11 @@ __all__ = [
     "WriteError",
     "Cancelled",
     "MissingExtra",
+    "Transient",
+    "CANCELLED",
+    "PERMANENT",
+    "TRANSIENT",
+    "classify",
     "describe",
 ]
 
@@ -100,13 +115,46 @@ class WriteError(DicomSrError):
         return cls(path, reason, source=source, disk_full=full)
 
 
-class MissingExtra(RuntimeError):
+class MissingExtra(DicomSrError, RuntimeError):
     """A command needs an optional dependency that is not installed; the message says which
     extra to install. Not about any input: the command stops before doing work."""
 
 
 class Cancelled(DicomSrError):
     """The caller asked the work in hand to stop; it is neither done nor failed."""
+
+
+class Transient(DicomSrError):
+    """A failure that a later attempt may cure (a destination down, a worker lost); raise it,
+    or a subclass, to ask for a retry with back-off."""
+
+
+#: Failure kinds returned by :func:`classify`.
+CANCELLED = "cancelled"
+PERMANENT = "permanent"
+TRANSIENT = "transient"
+
+# Exception type names, from libraries we do not import here, that mean "the worker went away".
+_LOST_WORKER = {"BrokenProcessPool", "KilledWorker", "CommClosedError", "BrokenPipeError"}
+
+
+def classify(exc: BaseException) -> str:
+    """What a failure means for a retry: :data:`CANCELLED`, :data:`PERMANENT` or :data:`TRANSIENT`.
+
+    Input errors and bugs (``TypeError``, ``KeyError``... anything not listed below) are
+    permanent: the same code on the same input fails the same way. Cancellation, write errors,
+    other :class:`OSError`, :class:`MemoryError`, :class:`TimeoutError`, a lost worker
+    process and :class:`Transient` are worth another attempt.
+    """
+    if isinstance(exc, Cancelled):
+        return CANCELLED
+    if isinstance(exc, InputError):
+        return PERMANENT
+    if isinstance(exc, (Transient, WriteError, OSError, MemoryError, TimeoutError)):
+        return TRANSIENT
+    if any(cls.__name__ in _LOST_WORKER for cls in type(exc).__mro__):
+        return TRANSIENT
+    return PERMANENT
 
 
 def describe(exc: BaseException) -> str:

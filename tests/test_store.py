@@ -19,6 +19,7 @@ import pytest
 from conftest import us_file
 from pydicom import dcmread
 
+from dicom_sr import fsio
 from dicom_sr.dicom import store
 from dicom_sr.dicom.store import (
     MANIFEST_NAME,
@@ -298,7 +299,7 @@ def test_a_write_killed_midway_leaves_a_part_that_the_next_run_removes(tmp_path)
     assert len(parts) == 1 and parts[0].startswith(".1.2.5.dcm.") and parts[0].endswith(".part")
     assert f"-{child.pid}-" in parts[0]
     # a part of a live writer (this process), and a recent one from another host, stay
-    live = store._part_name(folder / "1.2.6.dcm")
+    live = fsio.part_name(folder / "1.2.6.dcm")
     live.write_bytes(b"x")
     foreign = folder / ".1.2.7.dcm.otherhost-1-0123abcd.part"
     foreign.write_bytes(b"x")

@@ -9,7 +9,6 @@ processes, or an existing scheduler (``--scheduler``).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -22,6 +21,7 @@ from dicom_sr.batch.plan import Plan, plan_archive
 from dicom_sr.batch.tasks import LEASE_SECONDS, run_series_task
 from dicom_sr.config import PipelineConfig
 from dicom_sr.errors import MissingExtra, describe
+from dicom_sr.fsio import write_json
 from dicom_sr.jobs import JobStore
 
 __all__ = ["BatchOptions", "BatchStats", "run_batch", "REPORT_NAME"]
@@ -107,7 +107,7 @@ def run_batch(
     report = _report(inputs, config, out, options, store, plan, todo, already, stats, info)
     report["seconds"] = round(time.perf_counter() - t0, 2)
     if not options.dry_run:
-        _write_json(out / REPORT_NAME, report)
+        write_json(out / REPORT_NAME, report)
     return report
 
 
@@ -324,10 +324,3 @@ def _report(inputs, config, out, options, store, plan: Plan, todo, already, stat
         "scheduler": info["scheduler"],
         "dashboard": info["dashboard"],
     }
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` atomically (temp file, rename): a half-written report never remains."""
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)

@@ -18,9 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
-import secrets
-import socket
 import threading
 import time
 import warnings
@@ -34,6 +31,7 @@ from pydicom.encaps import generate_frames
 
 from dicom_sr.dicom.inspection import valid_uid
 from dicom_sr.errors import WriteError
+from dicom_sr.fsio import PART_NAME, atomic_write, this_host
 
 __all__ = [
     "LOCKS_DIR",
@@ -52,9 +50,6 @@ logger = logging.getLogger(__name__)
 MANIFEST_NAME = "manifest.jsonl"
 #: Folder under ``OUT`` that holds the lock files (one per derived series, one for the manifest).
 LOCKS_DIR = ".locks"
-
-_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
-_PART = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)-[0-9a-f]{8}\.part$")
 
 
 def instance_path(
@@ -83,22 +78,6 @@ def output_path(out_dir: str | os.PathLike[str], ds: Dataset) -> Path:
     )
 
 
-def fsync_dir(folder: Path) -> None:
-    """Flush a folder's entries (a rename in it) to disk."""
-    if os.name != "posix":  # pragma: no cover - directories cannot be opened on Windows
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _part_name(path: Path) -> Path:
-    """The temporary name of ``path`` while it is written: it names this host and process."""
-    return path.with_name(f".{path.name}.{_HOST}-{os.getpid()}-{secrets.token_hex(4)}.part")
-
-
 def _write_error(path: Path, exc: OSError) -> WriteError:
     """A WriteError with the OS's reason: pydicom re-raises a failed element write (ENOSPC
     included) as an OSError without errno whose message holds the element, so the original
@@ -120,28 +99,10 @@ def write_atomic(ds: Dataset, path: str | os.PathLike[str]) -> int:
     :class:`~dicom_sr.errors.WriteError` that names ``path``; the temporary file is removed.
     """
     path = Path(path)
-    tmp = _part_name(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        size = atomic_write(path, lambda fh: ds.save_as(fh, enforce_file_format=True))
     except OSError as exc:
         raise _write_error(path, exc) from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            ds.save_as(fh, enforce_file_format=True)
-            fh.flush()
-            size = fh.tell()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise _write_error(path, exc) from None
-        raise
     logger.debug("wrote %s (%d bytes)", path, size)
     return size
 
@@ -176,9 +137,9 @@ def remove_stale_parts(out_dir: str | os.PathLike[str], *, max_age: float = 8640
             if not (name.startswith(".") and name.endswith(".part")):
                 continue
             part = Path(folder, name)
-            match = _PART.match(name)
+            match = PART_NAME.match(name)
             try:
-                if match and match["host"] == _HOST:
+                if match and match["host"] == this_host():
                     stale = not _pid_alive(int(match["pid"]))
                 else:
                     stale = now - part.stat().st_mtime > max_age

@@ -13,7 +13,6 @@ import functools
 import hashlib
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from dicom_sr.engine.infer import (
     self_ensemble,
 )
 from dicom_sr.engine.resize import upscale_bicubic
+from dicom_sr.fsio import atomic_write
 
 __all__ = [
     "TrainedModel",
@@ -394,15 +394,7 @@ def save_weights(model: TrainedModel, path: str | os.PathLike[str]) -> None:
         "state": model.generator_state,
         "info": _plain(model.info),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda fh: torch.save(payload, fh))
 
 
 def load_weights(path: str | os.PathLike[str], *, scale: int | None = None) -> TrainedModel:

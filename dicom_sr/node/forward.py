@@ -18,6 +18,8 @@ import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
+from dicom_sr.errors import Transient
+
 __all__ = ["Destination", "ForwardError", "parse_destination", "retry_delay", "send_instances"]
 
 logger = logging.getLogger(__name__)
@@ -25,7 +27,7 @@ logger = logging.getLogger(__name__)
 _DEST = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>\[[^\]]+\]|[^:]+):(?P<port>\d{1,5})$")
 
 
-class ForwardError(Exception):
+class ForwardError(Transient):
     """This attempt to forward failed; what was acknowledged so far is in ``sent``."""
 
     def __init__(self, message: str, sent: list[str]):

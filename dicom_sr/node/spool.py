@@ -17,10 +17,9 @@ import errno
 import itertools
 import logging
 import os
-import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -31,19 +30,19 @@ from pydicom.dataelem import RawDataElement
 from dicom_sr.dicom.discover import Skipped, inspect_file
 from dicom_sr.dicom.inspection import valid_uid
 from dicom_sr.dicom.reasons import tag_name
-from dicom_sr.dicom.store import fsync_dir
 from dicom_sr.errors import InputError, WriteError
+from dicom_sr.fsio import write_bytes
 
 __all__ = [
     "Received",
     "SopClassMismatch",
     "Spool",
     "parse",
-    "write_bytes_atomic",
 ]
 
 logger = logging.getLogger(__name__)
 
+#: Tells apart quarantined files of one process within one second (their names must differ).
 _counter = itertools.count()
 
 
@@ -99,33 +98,6 @@ def parse(data: bytes, source: str) -> pydicom.Dataset:
     except Exception as exc:  # noqa: BLE001 - any parse failure means "cannot understand"
         raise InputError(source, f"data set cannot be parsed: {exc}") from None
     return ds
-
-
-def write_bytes_atomic(
-    data: bytes, path: Path, check: Callable[[Path], None] | None = None
-) -> None:
-    """Write ``data`` at ``path`` all or nothing (temp file, fsync, rename, fsync folder).
-
-    ``check(temp_path)`` runs on the complete temporary file before the rename: whatever it
-    raises leaves nothing under ``path`` (and no temporary file).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if check is not None:
-            check(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    fsync_dir(path.parent)
 
 
 class Spool:
@@ -189,17 +161,15 @@ class Spool:
             if isinstance(found, Skipped):
                 raise InputError(source, found.reason.replace(str(tmp), "data set"))
 
-        write_bytes_atomic(data, path, processable)
+        write_bytes(path, data, check=processable)
 
     def quarantine(self, data: bytes, reason: str) -> Path | None:
         """Keep a refused data set with a ``.txt`` reason beside it; None if that fails too."""
         stem = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{next(_counter)}"
         target = self.quarantine_dir / f"{stem}.dcm"
         try:
-            write_bytes_atomic(data, target)
-            write_bytes_atomic(
-                (reason + "\n").encode("utf-8", "replace"), target.with_suffix(".txt")
-            )
+            write_bytes(target, data)
+            write_bytes(target.with_suffix(".txt"), (reason + "\n").encode("utf-8", "replace"))
         except OSError as exc:
             level = (
                 logging.ERROR if exc.errno not in (errno.ENOSPC, errno.EDQUOT) else logging.WARNING
