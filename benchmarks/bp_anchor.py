@@ -11,7 +11,7 @@ worst gain per setting. ``--fit`` first makes the arrays: the model alone (``mod
 Usage::
 
     python benchmarks/bp_anchor.py /tmp/x2 --fit --scale 2 --threads 1
-    python benchmarks/bp_anchor.py /tmp/x4/arr --pattern "*-direct.npz"
+    python benchmarks/bp_anchor.py /tmp/x4/arr --pattern "*-direct.npz" --out anchor-x4.jsonl
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from record import append_jsonl, provenance, results_path  # noqa: E402
 from x4_strategies import FILES  # noqa: E402  (benchmarks/ is on sys.path)
 
-from dicom_sr.config import EngineConfig  # noqa: E402
+from dicom_sr.config import EngineConfig, load_pipeline  # noqa: E402
 from dicom_sr.engine import fit, upscale  # noqa: E402
 from dicom_sr.engine.infer import back_project  # noqa: E402
 from dicom_sr.evaluate.protocol import Degradation, load_images, score  # noqa: E402
@@ -94,10 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--files", default=",".join(FILES[:5]))
     ap.add_argument("--max-side", type=int, default=320)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--out", default=None, help="JSONL, one record per crop (record.py)")
     args = ap.parse_args(argv)
     if args.fit:
         make_arrays(args.folder, args)
     found = rows(args.folder, args.pattern)
+    if args.out:
+        prov = provenance(__file__, load_pipeline(None), device="cpu", argv=argv)
+        for row in found:
+            append_jsonl(results_path(__file__, args.out), row, prov)
     summary = {}
     for steps, beta in SETTINGS:
         gains = [r[f"gain {steps}/{beta}"] for r in found]

@@ -8,7 +8,7 @@ scores of :func:`dicom_sr.evaluate.protocol.cine_scores` and the inference time 
 
 Usage::
 
-    python benchmarks/cine_ensemble.py --step 5 --ensembles 8,2,1 --out FILE
+    python benchmarks/cine_ensemble.py --step 5 --ensembles 8,2,1 --out ensembles.json
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
+from record import provenance, results_path, write_json  # noqa: E402
 from run import CINE_120, _testfile, degrade, read_frames  # noqa: E402
 
-from dicom_sr.config import EngineConfig  # noqa: E402
+from dicom_sr.config import EngineConfig, PipelineConfig  # noqa: E402
 from dicom_sr.engine import fit, fit_cine, upscale  # noqa: E402
-from dicom_sr.evaluate.measure import machine_info  # noqa: E402
 from dicom_sr.evaluate.protocol import cine_scores, score  # noqa: E402
 
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--step", type=int, default=5, help="upscale every step-th frame")
     ap.add_argument("--ensembles", default="8,2,1")
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--out", default=None, help="JSON file (a bare name goes to results/)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     hrs = read_frames(_testfile(CINE_120), 120)
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     train_s = time.perf_counter() - t0
     picks = list(range(0, len(lrs), args.step))
     hr_sub = [hrs[i] for i in picks]
-    result = {"machine": machine_info(), "train_seconds": round(train_s, 1), "frames": picks}
+    result = {"train_seconds": round(train_s, 1), "frames": picks}
     ibp_cfg = cfg.model_copy(update={"method": "ibp"})
     ibp = [upscale(lrs[i], fit([], ibp_cfg), ibp_cfg) for i in picks]
     rows = {
@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     result["rows"] = rows
     print(json.dumps(result, indent=1, default=str))
     if args.out:
-        args.out.write_text(json.dumps(result, indent=1, default=str))
+        prov = provenance(__file__, PipelineConfig(engine=cfg), device="cpu", argv=argv)
+        write_json(results_path(__file__, args.out), result, prov)
     return 0
 
 

@@ -26,7 +26,7 @@ super-resolves) as well as for the whole frame.
 
 Usage::
 
-    python benchmarks/cine_process.py --out results-cine-process-cpu.json
+    python benchmarks/cine_process.py --regions --runs new --out regions-v7.json
 """
 
 from __future__ import annotations
@@ -50,10 +50,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
+from record import provenance, results_path, write_json  # noqa: E402
 from run import CINE_120, _testfile, degrade, read_frames  # noqa: E402
 
+from dicom_sr.config import load_pipeline  # noqa: E402
 from dicom_sr.dicom.frames import FrameReader  # noqa: E402
-from dicom_sr.evaluate.measure import machine_info  # noqa: E402
 from dicom_sr.evaluate.metrics import psnr  # noqa: E402
 
 DEFAULT = ROOT / "pipelines" / "bmode-default.toml"
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--crop", default=None, help="Y0:Y1,X0:X1 of every frame (default: whole)")
     ap.add_argument("--regions", action="store_true", help="keep the scanner's regions")
     ap.add_argument("--src", type=Path, default=None, help="another checkout: run 'src'")
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--out", default=None, help="JSON file (a bare name goes to results/)")
     args = ap.parse_args(argv)
     if args.regions and args.crop:
         ap.error("--regions and --crop do not go together")
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.extra:
         name, _, pairs = spec.partition(":")
         settings[name] = dict(p.split("=", 1) for p in pairs.split(","))
-    result = {"machine": machine_info(), "frames": len(hr), "crop": args.crop, "runs": {}}
+    result = {"frames": len(hr), "crop": args.crop, "runs": {}}
     if box:
         result["region"] = [box[0].start, box[0].stop, box[1].start, box[1].stop]
     with tempfile.TemporaryDirectory() as tmp:
@@ -206,8 +207,9 @@ def main(argv: list[str] | None = None) -> int:
                 versus["psnr_region_change"] = round(new["psnr_region"] - then["psnr_region"], 4)
             result[f"new_vs_{ref}"] = versus
             print(json.dumps({f"new_vs_{ref}": versus}))
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=1, default=str))
+    if args.out:  # the provenance names the default pipeline ("new"); each run has its settings
+        prov = provenance(__file__, load_pipeline(DEFAULT), device="cpu", argv=argv)
+        write_json(results_path(__file__, args.out), result, prov)
     return 0
 
 

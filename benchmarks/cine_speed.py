@@ -9,7 +9,7 @@ as the pipeline does) and extrapolates the end-to-end time of all 120 frames.
 
 Usage::
 
-    python benchmarks/cine_speed.py --frames 3 --repeat 3 [--train] [--out FILE]
+    python benchmarks/cine_speed.py --frames 3 --repeat 3 [--train] [--out speed.json]
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
+from record import provenance, results_path, write_json  # noqa: E402
 from run import CINE_120, _testfile, degrade, read_frames  # noqa: E402
 
-from dicom_sr.config import EngineConfig  # noqa: E402
+from dicom_sr.config import EngineConfig, PipelineConfig  # noqa: E402
 from dicom_sr.engine import cine_frame_indices, fit, upscale  # noqa: E402
 from dicom_sr.engine.api import TrainedModel  # noqa: E402
 from dicom_sr.engine.infer import precision  # noqa: E402
 from dicom_sr.engine.nets import Generator  # noqa: E402
-from dicom_sr.evaluate.measure import machine_info  # noqa: E402
 
 #: the inference settings of the previous default (pipelines version 2)
 OLD = {"precision": "fp32", "channels_last": False}
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--ensemble", type=int, default=8)
     ap.add_argument("--train", action="store_true", help="also time the shared-model training")
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--out", default=None, help="JSON file (a bare name goes to results/)")
     args = ap.parse_args(argv)
     frames = read_frames(_testfile(CINE_120), 120 if args.train else args.frames)
     lrs = [degrade(f, 2) for f in frames[: args.frames]]
@@ -66,7 +66,6 @@ def main(argv: list[str] | None = None) -> int:
             max_diff = max(max_diff, float(np.abs(outs["old"] - outs["new"]).max()))
     med = {k: statistics.median(v) for k, v in times.items()}
     result = {
-        "machine": machine_info(),
         "load_average": list(__import__("os").getloadavg()),
         "new_precision": precision(new, torch.device("cpu")),
         "frames_timed": len(lrs) * args.repeat,
@@ -86,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         }
     print(json.dumps(result, indent=1))
     if args.out:
-        args.out.write_text(json.dumps(result, indent=1))
+        prov = provenance(__file__, PipelineConfig(engine=new), device="cpu", argv=argv)
+        write_json(results_path(__file__, args.out), result, prov)
     return 0
 
 

@@ -26,7 +26,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dicom_sr.config import EngineConfig  # noqa: E402
+from record import provenance, results_path, write_json  # noqa: E402  (benchmarks/ on sys.path)
+
+from dicom_sr.config import EngineConfig, PipelineConfig  # noqa: E402
 from dicom_sr.engine import fit, upscale  # noqa: E402
 from dicom_sr.engine.api import TrainedModel  # noqa: E402
 from dicom_sr.evaluate.protocol import Degradation, load_images, score  # noqa: E402
@@ -116,13 +118,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--margin", type=float, default=0.0)
     ap.add_argument("--max-side", type=int, default=512, help="crop the HR image to this")
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--out", default=None, help="JSON file (a bare name goes to results/)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     result = run(args)
     print(json.dumps(result["summary"], indent=1))
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=1, default=str))
+    if args.out:  # the configuration at the first scale; each row names its scale
+        first = int(args.scales.split(",")[0])
+        engine = EngineConfig(method=args.method, guard_margin_db=args.margin, scale=first,
+                              iterations=args.iterations)  # fmt: skip
+        prov = provenance(__file__, PipelineConfig(engine=engine), device="cpu", argv=argv)
+        write_json(results_path(__file__, args.out), result, prov)
     return 0
 
 

@@ -6,7 +6,7 @@ numbers are decoding, upscaling, encoding and writing) on pydicom-data's 120-fra
 process's peak resident memory (``ru_maxrss``) with the output size::
 
     python benchmarks/memory_cine.py                      # x2 and x4, all frames
-    python benchmarks/memory_cine.py --scales 2 --json out.json
+    python benchmarks/memory_cine.py --scales 2 --out memory-x2.json   # -> results/memory_cine/
     python benchmarks/memory_cine.py --src /path/to/an/older/checkout   # compare versions
 
 ``--src`` puts another source tree first on the child's ``PYTHONPATH``, so an older commit
@@ -25,6 +25,9 @@ import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from record import provenance, results_path, write_json  # noqa: E402  (benchmarks/ on sys.path)
 
 _CHILD = textwrap.dedent(
     """
@@ -90,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pipeline", default="bmode-default")
     parser.add_argument("--src", type=Path, help="source tree to measure (default: this one)")
     parser.add_argument("--tmp", help="folder for the outputs (default: the system's)")
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--out", help="JSON file (a bare name goes to results/)")
     args = parser.parse_args(argv)
     results = []
     for scale in (int(s) for s in args.scales.split(",")):
@@ -104,8 +107,12 @@ def main(argv: list[str] | None = None) -> int:
             f"peak RSS {res['peak_rss_mib']} MiB (after imports {res['peak_rss_before_mib']}), "
             f"output {res['output_bytes'] / 2**20:.0f} MiB  [{res['source']}]"
         )
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    if args.out:
+        from dicom_sr.config import load_pipeline
+
+        config = load_pipeline(args.pipeline, {"engine.method": args.method})
+        prov = provenance(__file__, config, device="cpu", argv=argv)
+        write_json(results_path(__file__, args.out), {"runs": results}, prov)
     return 1 if any("error" in r for r in results) else 0
 
 

@@ -11,7 +11,7 @@ Usage::
 
     python benchmarks/tissue_crops.py --set A --scales 2,4 --threads 1 --save /tmp/pb
     python benchmarks/pixel_blend.py gen-cine --out /tmp/pb --frames 12
-    python benchmarks/pixel_blend.py eval /tmp/pb
+    python benchmarks/pixel_blend.py eval /tmp/pb --out pixel-blend.json
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
+
+from record import provenance, results_path, write_json  # noqa: E402
 
 from dicom_sr.config import load_pipeline  # noqa: E402
 from dicom_sr.engine import fit, upscale  # noqa: E402
@@ -112,7 +114,7 @@ def _psnr(hr: np.ndarray, sr: np.ndarray, scale: int) -> float:
     return psnr(shave(hr, scale), shave(np.clip(sr, 0.0, 1.0), scale))
 
 
-def evaluate(folders: list[Path], out: Path | None = None) -> dict:
+def evaluate(folders: list[Path], out: str | None = None, argv: list[str] | None = None) -> dict:
     rules: dict[str, Rule] = {"w=1": const(1.0), "w=0.5": const(0.5)}
     for tau in (0.02, 0.04, 0.08):
         for sigma in (1.0, 2.0):
@@ -137,8 +139,9 @@ def evaluate(folders: list[Path], out: Path | None = None) -> dict:
         print(f"-- {g} ({len(next(iter(groups[g].values())))} items): mean / worst")
         for n, (mean, worst) in r.items():
             print(f"   {n:28s} {mean:+.3f} / {worst:+.3f}")
-    if out:
-        out.write_text(json.dumps({"mean_worst_db": summary}, indent=1))
+    if out:  # scored offline on saved arrays: no pipeline runs here
+        record = {"folders": [str(f) for f in folders], "mean_worst_db": summary}
+        write_json(results_path(__file__, out), record, provenance(__file__, None, argv=argv))
     return summary
 
 
@@ -151,12 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--threads", type=int, default=1)
     e = sub.add_parser("eval")
     e.add_argument("folders", type=Path, nargs="+")
-    e.add_argument("--out", type=Path, default=None, help="JSON summary")
+    e.add_argument("--out", default=None, help="JSON summary (a bare name goes to results/)")
     args = ap.parse_args(argv)
     if args.cmd == "gen-cine":
         gen_cine(args.out, args.frames, args.threads)
     else:
-        evaluate(args.folders, args.out)
+        evaluate(args.folders, args.out, argv)
     return 0
 
 

@@ -39,7 +39,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tables import print_tables  # noqa: E402  (benchmarks/ is on sys.path)
+from record import provenance, results_path, write_json  # noqa: E402  (benchmarks/ on sys.path)
+from tables import print_tables  # noqa: E402
 
 from dicom_sr.config import EngineConfig, load_pipeline  # noqa: E402
 from dicom_sr.dicom.discover import discover  # noqa: E402
@@ -47,7 +48,6 @@ from dicom_sr.dicom.frames import open_frames  # noqa: E402
 from dicom_sr.engine import fit, fit_cine, select_device, upscale  # noqa: E402
 from dicom_sr.engine.nets import Generator  # noqa: E402
 from dicom_sr.engine.resize import downscale  # noqa: E402
-from dicom_sr.evaluate.measure import machine_info  # noqa: E402
 from dicom_sr.evaluate.metrics import psnr  # noqa: E402
 
 logger = logging.getLogger("benchmarks")
@@ -371,7 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cold-frames", type=int, default=None, help="frames trained cold")
     p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
     p.add_argument(
-        "--out", type=Path, default=None, help="JSON path (default benchmarks/results-<mode>.json)"
+        "--out",
+        default=None,
+        help="JSON file (default results/run/<mode>-<device>.json; a bare name goes there too)",
     )
     p.add_argument(
         "--render",
@@ -419,8 +421,10 @@ def main(argv: list[str] | None = None) -> int:
         args.iterations = load_pipeline(args.pipeline).engine.iterations
     device = select_device(args.device)
     args.device = device.type
+    overrides = {"engine.method": args.method, "engine.iterations": args.iterations}
+    config = load_pipeline(args.pipeline, {**overrides, "engine.ensemble": args.ensemble})
+    prov = provenance(__file__, config, device=device.type, argv=argv)
     res: dict = {
-        "machine": machine_info(),
         "settings": {
             "mode": "reduced" if args.reduced else "full",
             "note": note,
@@ -434,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },
     }
-    out = args.out or ROOT / "benchmarks" / f"results-{res['settings']['mode']}-{device.type}.json"
+    out = results_path(__file__, args.out or f"{res['settings']['mode']}-{device.type}.json")
     t0 = time.perf_counter()
     frames = read_frames(_testfile(CINE_120), args.cine_frames)
     for name in SECTIONS:
@@ -453,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
             res[name] = bench_memory(args, device)
         logger.info("%s done in %.0f s", name, time.perf_counter() - t)
         res["settings"]["seconds"] = time.perf_counter() - t0
-        out.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")  # after every section
+        write_json(out, res, prov)  # after every section
     print_tables(res, rst=args.rst)
     print(f"\nwritten: {out}")
     return 0

@@ -167,7 +167,7 @@ def tables(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
 
 
 def print_tables(res: dict, rst: bool = False) -> None:
-    m = res["machine"]
+    m = res.get("machine") or res["provenance"]["machine"]
     print(
         f"\nmachine: {m['cpu_model']}, {m['usable_cores']} cores, torch {m['torch']} "
         f"({m['torch_threads']} threads), cuda: {m['cuda']}"

@@ -16,7 +16,7 @@ the given pipeline (guard on) and scored three ways against ``ibp``: the output 
 
 Usage::
 
-    python benchmarks/tissue_crops.py --scales 4 --threads 1 --out results.jsonl
+    python benchmarks/tissue_crops.py --set A --scales 4 --threads 1 --out x4-v7.jsonl
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from record import append_jsonl, provenance, results_path  # noqa: E402  (benchmarks/ on sys.path)
 
 from dicom_sr.config import EngineConfig, load_pipeline  # noqa: E402
 from dicom_sr.engine import TrainedModel, fit, upscale  # noqa: E402
@@ -156,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weights", default="0.75,0.5,0.25")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--seeds", type=int, default=1, help="models averaged for 'alone'")
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--out", default=None, help="JSONL file (a bare name goes to results/)")
     ap.add_argument("--save", type=Path, default=None, help="folder for each crop's arrays")
     ap.add_argument(
         "--fit-on",
@@ -171,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         key, _, value = item.partition("=")
         literal = value[:1] in "0123456789-[{tf"
         overrides[f"engine.{key}"] = json.loads(value) if literal else value
-    engine = load_pipeline(args.pipeline, overrides).engine
+    config = load_pipeline(args.pipeline, overrides)
+    engine = config.engine
     weights = [float(w) for w in args.weights.split(",") if w]
     rows = []
     if args.save:
@@ -184,9 +187,10 @@ def main(argv: list[str] | None = None) -> int:
             row.update(measure(hr, scale, engine, weights, args.seeds, save, win))
             rows.append(row)
             print(json.dumps(row), flush=True)
-            if args.out:
-                with args.out.open("a") as fh:
-                    fh.write(json.dumps(row) + "\n")
+            if args.out:  # each row's provenance: the configuration at its scale, its date
+                cfg = config.with_overrides({"engine.scale": scale})
+                prov = provenance(__file__, cfg, device="cpu", argv=argv)
+                append_jsonl(results_path(__file__, args.out), row, prov)
     summary = {}
     for scale in sorted({r["scale"] for r in rows}):
         mine = [r for r in rows if r["scale"] == scale]

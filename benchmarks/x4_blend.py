@@ -21,7 +21,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dicom_sr.config import EngineConfig  # noqa: E402
+from record import provenance, results_path, write_json  # noqa: E402  (benchmarks/ on sys.path)
+
+from dicom_sr.config import EngineConfig, PipelineConfig  # noqa: E402
 from dicom_sr.engine import fit, upscale  # noqa: E402
 from dicom_sr.evaluate.protocol import score  # noqa: E402
 
@@ -31,10 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("folder", type=Path)
     ap.add_argument("--strategy", default="direct")
     ap.add_argument("--weights", default="1,0.75,0.5,0.25")
+    ap.add_argument("--out", default=None, help="JSON summary (a bare name goes to results/)")
     args = ap.parse_args(argv)
     weights = [float(w) for w in args.weights.split(",")]
     cfg = EngineConfig(method="ibp", scale=4, device="cpu")
     gains: dict[float, list[float]] = {w: [] for w in weights}
+    rows = []
     for path in sorted(args.folder.glob(f"*-{args.strategy}.npz")):
         d = np.load(path)
         hr, lr, sr = d["hr"], d["lr"], d["sr"]
@@ -46,11 +50,15 @@ def main(argv: list[str] | None = None) -> int:
             gains[w].append(gain)
             row[f"w={w}"] = round(gain, 3)
         print(json.dumps(row))
+        rows.append(row)
     summary = {
         f"w={w}": {"mean_gain": round(float(np.mean(g)), 3), "worst": round(min(g), 3)}
         for w, g in gains.items()
     }
     print(json.dumps(summary, indent=1))
+    if args.out:
+        prov = provenance(__file__, PipelineConfig(engine=cfg), device="cpu", argv=argv)
+        write_json(results_path(__file__, args.out), {"rows": rows, "summary": summary}, prov)
     return 0
 
 

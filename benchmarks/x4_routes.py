@@ -13,7 +13,7 @@ LR crop with the pipeline (guard on). Then, against ``ibp`` at x4 (gains in dB):
 
 Usage::
 
-    python benchmarks/x4_routes.py --set A --out results-x4-routes.jsonl
+    python benchmarks/x4_routes.py --set A --out routes.jsonl   # -> results/x4_routes/
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
+from record import append_jsonl, provenance, results_path  # noqa: E402
 from tissue_crops import SETS, crops  # noqa: E402
 
 from dicom_sr.config import load_pipeline  # noqa: E402
@@ -46,9 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--set", dest="which", choices=sorted(SETS), default="A")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--out", default=None, help="JSONL file (a bare name goes to results/)")
     args = ap.parse_args(argv)
-    eng = load_pipeline(None, {"engine.device": "cpu", "engine.threads": args.threads}).engine
+    config = load_pipeline(None, {"engine.device": "cpu", "engine.threads": args.threads})
+    eng = config.engine
     c4, c2 = (eng.model_copy(update={"scale": s}) for s in (4, 2))
     i4 = c4.model_copy(update={"method": "ibp"})
     for name, _scanner, frame, window in crops(args.which):
@@ -68,9 +70,10 @@ def main(argv: list[str] | None = None) -> int:
             row[f"{tag}+G"] = round(score(hr, b, 4)["psnr"] - base, 3)
             row[f"{tag}+G,w.5"] = round(score(hr, 0.5 * b + 0.5 * ibp, 4)["psnr"] - base, 3)
         print(json.dumps(row), flush=True)
-        if args.out:
-            with args.out.open("a") as fh:
-                fh.write(json.dumps(row) + "\n")
+        if args.out:  # the default pipeline at x4 (the x2 model is its model_scale)
+            cfg = config.with_overrides({"engine.scale": 4})
+            prov = provenance(__file__, cfg, device="cpu", argv=argv)
+            append_jsonl(results_path(__file__, args.out), row, prov)
     return 0
 
 

@@ -28,7 +28,7 @@ guard's decision), then the mean gain and the worst crop per strategy.
 
 Usage::
 
-    python benchmarks/x4_strategies.py --strategies direct,gradual --out x4.jsonl
+    python benchmarks/x4_strategies.py --strategies direct,gradual --out x4.jsonl  # -> results/
 """
 
 from __future__ import annotations
@@ -45,7 +45,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dicom_sr.config import EngineConfig  # noqa: E402
+from record import append_jsonl, provenance, results_path  # noqa: E402  (benchmarks/ on sys.path)
+
+from dicom_sr.config import EngineConfig, PipelineConfig  # noqa: E402
 from dicom_sr.engine import fit, upscale  # noqa: E402
 from dicom_sr.evaluate.protocol import Degradation, load_images, score  # noqa: E402
 
@@ -59,21 +61,23 @@ FILES = (
 )
 
 
+#: each strategy's engine settings: the model alone (model_weight 1; its blend with ibp is
+#: computed from the saved arrays), except "default", as shipped: the blend, judged by the guard
+EXTRA = {
+    "default": {},
+    "direct": {"model_weight": 1.0},
+    "fathers": {"model_weight": 1.0, "father_scales": 8},
+    "batch": {"model_weight": 1.0, "batch_size": 4},
+    "raw": {"model_weight": 1.0, "guard_margin_db": -100.0},
+    "noadv": {"model_weight": 1.0, "guard_margin_db": -100.0, "losses": {"adversarial": 0.0}},
+    "zssr": {"model_weight": 1.0, "guard_margin_db": -100.0, "method": "zssr"},
+}
+
+
 def strategy(name: str, lr: np.ndarray, base: dict) -> tuple[np.ndarray, str]:
     """The x4 output of ``name`` on ``lr``, and what its guard decided."""
-    # the model alone (model_weight 1; its blend with ibp is computed from the saved arrays),
-    # except "default", as shipped: the blend at x4, which the guard judges
-    extra = {
-        "default": {},
-        "direct": {"model_weight": 1.0},
-        "fathers": {"model_weight": 1.0, "father_scales": 8},
-        "batch": {"model_weight": 1.0, "batch_size": 4},
-        "raw": {"model_weight": 1.0, "guard_margin_db": -100.0},
-        "noadv": {"model_weight": 1.0, "guard_margin_db": -100.0, "losses": {"adversarial": 0.0}},
-        "zssr": {"model_weight": 1.0, "guard_margin_db": -100.0, "method": "zssr"},
-    }
-    if name in extra:
-        cfg = EngineConfig(scale=4, **base, **extra[name])
+    if name in EXTRA:
+        cfg = EngineConfig(scale=4, **base, **EXTRA[name])
         model = fit([lr], cfg)
         return upscale(lr, model, cfg), model.info["guard"]["decision"]
     if name == "gradual":
@@ -133,9 +137,11 @@ def run(args) -> list[dict]:
                 args.save.mkdir(parents=True, exist_ok=True)
                 stem = img.id.replace("#", "_")
                 np.savez_compressed(args.save / f"{stem}-{name}.npz", hr=hr, lr=lr, sr=sr)
-            if args.out:
-                with args.out.open("a") as fh:
-                    fh.write(json.dumps(row) + "\n")
+            if args.out:  # gradual: the x2 models' configuration
+                engine = EngineConfig(scale=2 if name == "gradual" else 4, **base,
+                                      **EXTRA.get(name, {}))  # fmt: skip
+                prov = provenance(__file__, PipelineConfig(engine=engine), device="cpu")
+                append_jsonl(results_path(__file__, args.out), row, prov)
     return rows
 
 
@@ -154,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iterations", type=int, default=300)
     ap.add_argument("--max-side", type=int, default=320, help="crop the HR image to this")
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--out", default=None, help="JSONL file (a bare name goes to results/)")
     ap.add_argument("--save", type=Path, default=None, help="folder for the HR, LR and SR arrays")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
