@@ -132,7 +132,7 @@ def model_weight(config: EngineConfig) -> float:
     ``"auto"``: 0.5 at every scale. On tissue-only crops of real frames the even blend beat the
     model alone at x2 (mean +0.38 against +0.20 dB; the model alone lost up to 1.8 dB on one
     crop the guard let through) and at x4, and no crop fell below ``ibp`` by 0.1 dB
-    (docs/benchmarks.rst, sixth session).
+    (docs/history.rst, version 6).
     """
     if config.model_weight == "auto":
         return AUTO_MODEL_WEIGHT
@@ -145,8 +145,8 @@ def model_scale(config: EngineConfig) -> int:
 
     ``"auto"``: 2 at x4, the scale itself at x2 and x3. On sixteen real tissue crops at x4 an
     x2 model fitted to the LR frame, its blend with ``ibp`` at x2, then ``ibp``'s last x2,
-    gained +0.30 dB over ``ibp`` on average against +0.08 for an x4 model (docs/benchmarks.rst,
-    seventh session): the frame's own x2 pairs are four times larger than its x4 ones.
+    gained +0.30 dB over ``ibp`` on average against +0.08 for an x4 model (docs/benchmarks.rst):
+    the frame's own x2 pairs are four times larger than its x4 ones.
     """
     if config.model_scale == "auto":
         return 2 if config.scale == 4 else config.scale
@@ -225,7 +225,7 @@ def back_project(
     ``downscale`` is the configured degradation (``config.kernel``), the one that made the
     training sons. Values are clipped to [0, 1] after each step, as in ZSSR. Plain steps
     converge slowly on the frequencies the antialiasing kernel damps: on real crops 10 plain
-    steps left ibp 0.1-3 dB short of 20 with momentum 0.8 (docs/benchmarks.rst).
+    steps left ibp 0.1-3 dB short of 20 with momentum 0.8 (docs/history.rst).
     """
     if sr.shape[-2:] != (lr.shape[-2] * scale, lr.shape[-1] * scale):
         raise ValueError(
