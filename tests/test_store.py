@@ -350,7 +350,7 @@ def test_series_lock_excludes_another_process(tmp_path):
 
 
 def test_two_processes_compute_one_series_once(tmp_path):
-    """The pattern every writer follows: lock the series, skip what the manifest says is done, write, record."""
+    """Each writer locks the series, skips what the manifest says is done, writes, records."""
     code = """
         import sys, time
         from pathlib import Path
