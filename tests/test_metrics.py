@@ -1,4 +1,6 @@
-"""PSNR, SSIM and VIF-P of dicom_sr.evaluate.metrics against scikit-image and sewar."""
+"""PSNR, SSIM and VIF-P of dicom_sr.evaluate.metrics against values computed by hand and
+against sewar, a second implementation (the module wraps scikit-image, so scikit-image itself
+would not be an independent reference)."""
 
 from __future__ import annotations
 
@@ -7,8 +9,10 @@ import pydicom
 import pytest
 from conftest import us_file
 from scipy import ndimage
+from sewar.full_ref import psnr as sewar_psnr
+from sewar.full_ref import ssim as sewar_ssim
 from sewar.full_ref import vifp as sewar_vifp
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from sewar.utils import Filter
 
 from dicom_sr.evaluate.metrics import mean_abs_diff, psnr, shave, ssim, vif_p
 
@@ -37,22 +41,34 @@ def _degraded(frame: np.ndarray) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("kind", ["blur", "noise", "shift", "contrast"])
 def test_against_references(frame, kind):
     test = _degraded(frame)[kind]
-    assert psnr(frame, test) == pytest.approx(
-        peak_signal_noise_ratio(frame, test, data_range=1.0), rel=1e-10
-    )
-    ref_ssim = structural_similarity(
-        frame,
-        test,
-        gaussian_weights=True,
-        sigma=1.5,
-        use_sample_covariance=False,
-        data_range=1.0,
-    )
+    assert psnr(frame, test) == pytest.approx(sewar_psnr(frame, test, MAX=1.0), rel=1e-10)
+    # Wang et al.'s SSIM: an 11-tap Gaussian window of sigma 1.5, K1 0.01, K2 0.03, the mean
+    # over the windows that lie inside the image ("valid")
+    gauss = {"fltr": Filter.GAUSSIAN, "ws": 11, "sigma": 1.5}
+    ref_ssim, _ = sewar_ssim(frame, test, MAX=1.0, fltr_specs=gauss, mode="valid")
     assert ssim(frame, test) == pytest.approx(ref_ssim, abs=1e-9)
     # sewar's VIF-P works on the 0-255 scale its sigma_nsq = 2 was defined for
     ref_vif = sewar_vifp(frame * 255.0, test * 255.0)
     assert vif_p(frame, test) == pytest.approx(ref_vif, rel=1e-7)
     assert 0.0 < vif_p(frame, test) < 1.0 or kind == "contrast"
+
+
+def test_psnr_by_hand():
+    """Squared errors 0.01, 0.01, 0, 0: MSE 0.005, PSNR 10 log10(1 / 0.005) = 23.0103 dB."""
+    ref = np.array([[0.0, 0.5], [1.0, 0.25]])
+    test = ref + np.array([[0.1, -0.1], [0.0, 0.0]])
+    assert psnr(ref, test) == pytest.approx(23.010299956639812, abs=1e-9)
+    # on the 0-255 scale: errors of 25.5 grey levels, the same ratio to the peak
+    assert psnr(ref * 255, test * 255, 255) == pytest.approx(23.010299956639812, abs=1e-9)
+
+
+def test_ssim_by_hand():
+    """Two flat images 0.5 and 0.6: no structure, so SSIM is the luminance term alone,
+    (2 * 0.5 * 0.6 + C1) / (0.5**2 + 0.6**2 + C1) with C1 = (0.01 * 1)**2 = 0.98361."""
+    flat = np.full((16, 16), 0.5)
+    assert ssim(flat, flat + 0.1) == pytest.approx(0.6001 / 0.6101, abs=1e-12)
+    # data_range sets C1: on a 0-255 scale the same images give the same value
+    assert ssim(flat * 255, (flat + 0.1) * 255, 255) == pytest.approx(0.6001 / 0.6101, abs=1e-9)
 
 
 def test_identical_images(frame):
