@@ -95,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tmp", help="folder for the outputs (default: the system's)")
     parser.add_argument("--out", help="JSON file (a bare name goes to results/)")
     args = parser.parse_args(argv)
+    from dicom_sr.config import load_pipeline
+
+    config = load_pipeline(args.pipeline, {"engine.method": args.method})
+    prov = provenance(__file__, config, device="cpu", argv=argv)  # the code as it starts
     results = []
     for scale in (int(s) for s in args.scales.split(",")):
         res = measure(scale, args)
@@ -108,10 +112,6 @@ def main(argv: list[str] | None = None) -> int:
             f"output {res['output_bytes'] / 2**20:.0f} MiB  [{res['source']}]"
         )
     if args.out:
-        from dicom_sr.config import load_pipeline
-
-        config = load_pipeline(args.pipeline, {"engine.method": args.method})
-        prov = provenance(__file__, config, device="cpu", argv=argv)
         write_json(results_path(__file__, args.out), {"runs": results}, prov)
     return 1 if any("error" in r for r in results) else 0
 
