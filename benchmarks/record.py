@@ -4,7 +4,8 @@ Every script in ``benchmarks/`` writes its results through this module, so each 
 its provenance under the key ``"provenance"``:
 
 - ``script`` and ``command``: the script (relative to the repository) and its command line;
-- ``commit`` (``git rev-parse HEAD``) and ``dirty`` (uncommitted changes to tracked files);
+- ``commit`` (``git rev-parse HEAD``) and ``dirty`` (uncommitted changes to tracked files), as
+  they were when the script started;
 - ``pipeline``: name, version and config hash of the configuration the script ran
   (:meth:`dicom_sr.config.PipelineConfig.hash`);
 - ``date`` (UTC) and ``machine``: :func:`dicom_sr.evaluate.measure.machine_info` (CPU model and
@@ -44,6 +45,17 @@ def _git(*args: str) -> str | None:
     return proc.stdout.strip()
 
 
+def _git_state() -> tuple[str | None, bool | None]:
+    """HEAD and whether tracked files differ from it."""
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return _git("rev-parse", "HEAD"), None if status is None else bool(status)
+
+
+#: the commit a script started from (scripts import this module first): later commits or edits
+#: while a long benchmark runs do not change what its records say it ran
+_AT_START = _git_state()
+
+
 def script_name(script: str | os.PathLike[str]) -> str:
     """``benchmarks/tissue_crops.py`` -> ``tissue_crops``: the script's results folder."""
     return Path(script).stem
@@ -77,7 +89,7 @@ def provenance(
     except ValueError:
         rel = path.as_posix()
     argv = sys.argv[1:] if argv is None else argv
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    commit, dirty = _AT_START
     machine = machine_info()
     machine["device"] = device or ("cuda" if machine.get("cuda") else "cpu")
     if hasattr(os, "getloadavg"):
@@ -88,8 +100,8 @@ def provenance(
     return {
         "script": rel,
         "command": shlex.join(["python", rel, *argv]),
-        "commit": _git("rev-parse", "HEAD"),
-        "dirty": None if status is None else bool(status),
+        "commit": commit,
+        "dirty": dirty,
         "pipeline": pipeline,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine,
