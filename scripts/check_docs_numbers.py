@@ -18,6 +18,8 @@ declared in the document itself by a comment line::
 
     .. check-docs-numbers: not results: -1 dB; 0.1 dB
 
+It also checks that every results file those two pages and ``docs/history.rst`` name exists.
+
 Usage: ``python scripts/check_docs_numbers.py [--index FILE] [DOC ...]``; exit 1 on any
 mismatch, each named with its file and line.
 """
@@ -34,7 +36,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ("README.rst", "docs/benchmarks.rst")
+#: pages whose results files must exist (``tissue_crops/x4-v7.jsonl``, ``archive/...``)
+CITING = (*DOCS, "docs/history.rst")
 INDEX = "benchmarks/README.md"
+RESULTS = ROOT / "benchmarks" / "results"
+RESULT_REF = re.compile(r"``((?:benchmarks/results/)?[\w.-]+/[\w./-]+\.jsonl?)``")
 
 UNITS = r"dB|ms|s|min|minutes|x|MB|MiB|GB|GiB|%"
 FIGURE = re.compile(rf"(?<![\w.+\-−])([+\-−]?\d+(?:\.\d+)?)\s?({UNITS})(?![\w])")
@@ -195,6 +201,24 @@ def check(docs: list[Path], index: Path) -> list[str]:
     return problems
 
 
+def missing_results(pages: list[Path]) -> list[str]:
+    """Results files the pages name (under ``benchmarks/results/``) that do not exist."""
+    folders = {p.name for p in RESULTS.iterdir() if p.is_dir()} if RESULTS.is_dir() else set()
+    problems = []
+    for page in pages:
+        for lineno, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
+            for ref in RESULT_REF.findall(line):
+                if ref.startswith("benchmarks/results/"):
+                    path = ROOT / ref
+                elif ref.split("/")[0] in folders:
+                    path = RESULTS / ref
+                else:
+                    continue  # not a results file (``OUT/manifest.jsonl``)
+                if not path.is_file():
+                    problems.append(f"{_shown(page)}:{lineno}: no results file {ref}")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("docs", nargs="*", type=Path, help=f"default: {' '.join(DOCS)}")
@@ -202,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     docs = [p.resolve() for p in args.docs] or [ROOT / d for d in DOCS]
     problems = check(docs, args.index.resolve())
+    if not args.docs:
+        problems += missing_results([ROOT / d for d in CITING])
     for p in problems:
         print(p)
     if problems:

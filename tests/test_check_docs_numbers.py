@@ -102,3 +102,15 @@ def test_precision_sign_and_exemptions(checker, tmp_path, results):
         "-0.11 dB is not in the figure index (benchmarks/README.md)",
         "-0.1 s is not in the figure index (benchmarks/README.md)",
     ]
+
+
+def test_a_results_file_the_docs_name_must_exist(checker, tmp_path):
+    page = tmp_path / "page.rst"
+    page.write_text(
+        "Run ``tissue_crops/x4-v7.jsonl`` and ``archive/x4-direct-v3.jsonl``, written to\n"
+        "``OUT/manifest.jsonl``; ``tissue_crops/x4-v9.jsonl`` is made up.\n",
+        encoding="utf-8",
+    )
+    problems = checker.missing_results([page])
+    assert len(problems) == 1 and problems[0].endswith("page.rst:2: no results file "
+                                                        "tissue_crops/x4-v9.jsonl")  # fmt: skip
