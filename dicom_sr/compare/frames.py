@@ -61,8 +61,8 @@ def region_mask(ds: Dataset, rows: int, cols: int, path: str | os.PathLike[str])
     if not regions:
         raise InputError(
             path,
-            "no ultrasound regions: cannot tell the image from burned-in text, "
-            "so --deidentify-text leaves this series out",
+            f"no {tag_name('SequenceOfUltrasoundRegions')}: cannot tell the image from "
+            "burned-in text, so --deidentify-text leaves this series out",
             tag=tag_name("SequenceOfUltrasoundRegions"),
         )
     mask = np.zeros((rows, cols), dtype=bool)

@@ -2,8 +2,8 @@
 
 The page's description is embedded as JSON in a ``<script type="application/json">`` element
 (no ``fetch``: browsers refuse it on ``file://``); ``assets/viewer.js`` reads it. Text from the
-inputs is escaped everywhere, and ``</`` inside the JSON is escaped so no value can end the
-script element.
+inputs is escaped everywhere, and every ``<`` inside the JSON is written ``\\u003c``, so no
+value can end (or nest) the script element.
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def _views() -> str:
 
 
 def _json_script(data: dict) -> str:
-    text = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
+    text = json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")
     return f'<script type="application/json" id=viewer-data>{text}</script>\n'
 
 
