@@ -329,6 +329,10 @@
     setFrame(0);
   }
 
-  window.dicomSrViewer = { state: state, data: data, setFrame: setFrame, play: play, reset: reset };
+  // for scripts and tests: the state, and whether the shown frame's images have arrived
+  window.dicomSrViewer = {
+    state: state, data: data, setFrame: setFrame, play: play, reset: reset,
+    ready: function () { return ready(state.frame); }
+  };
   init();
 })();
