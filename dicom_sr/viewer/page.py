@@ -26,6 +26,7 @@ __all__ = [
     "write_assets",
     "write_page",
     "write_index",
+    "index_table",
 ]
 
 #: The plain note every page shows.
@@ -197,6 +198,33 @@ def write_page(path: Path, page: ViewerPage, assets: str = ASSETS_DIR) -> Path:
     return path
 
 
+def index_table(columns: Sequence[str], rows: Sequence[IndexRow]) -> str:
+    """A table of thumbnails (loaded lazily) and links; ``columns`` name the link's column
+    and the cells'."""
+    head = "".join(f"<th>{escape(c)}</th>" for c in ("", *columns))
+    body = []
+    for row in rows:
+        thumb = (
+            f'<img loading=lazy decoding=async src="{escape(row.thumbnail)}" alt="">'
+            if row.thumbnail
+            else ""
+        )
+        title = (
+            f'<a href="{escape(row.link)}">{escape(row.title)}</a>'
+            if row.link
+            else escape(row.title)
+        )
+        if row.link and thumb:
+            thumb = f'<a href="{escape(row.link)}">{thumb}</a>'
+        cells = "".join(f"<td>{escape(c)}</td>" for c in row.cells)
+        body.append(f"<tr><td>{thumb}</td><td>{title}</td>{cells}</tr>")
+    return (
+        f"<table class=index><thead><tr>{head}</tr></thead><tbody>\n"
+        + "\n".join(body)
+        + "\n</tbody></table>"
+    )
+
+
 def write_index(
     path: Path,
     title: str,
@@ -209,27 +237,12 @@ def write_index(
 ) -> Path:
     """The index page: one row per series, thumbnails loaded lazily (a study of 50 series
     loads only what is on screen)."""
-    head = "".join(f"<th>{escape(c)}</th>" for c in ("", "series", *columns))
-    body = []
-    for row in rows:
-        thumb = (
-            f'<img loading=lazy decoding=async src="{escape(row.thumbnail)}" alt="">'
-            if row.thumbnail
-            else ""
-        )
-        link = f'<a href="{escape(row.link)}">{escape(row.title)}</a>'
-        cells = "".join(f"<td>{escape(c)}</td>" for c in row.cells)
-        body.append(
-            f'<tr><td><a href="{escape(row.link)}">{thumb}</a></td><td>{link}</td>{cells}</tr>'
-        )
     paras = "".join(f"<p>{escape(p)}</p>" for p in intro)
     note_html = "".join(f"<p class=note>{escape(n)}</p>" for n in notes)
     html = (
         _head(title, assets)
         + f"<header><h1>{escape(title)}</h1>{note_html}{paras}</header>\n"
-        + f"<main><table class=index><thead><tr>{head}</tr></thead><tbody>\n"
-        + "\n".join(body)
-        + "\n</tbody></table></main>\n</body></html>\n"
+        + f"<main>{index_table(['series', *columns], rows)}</main>\n</body></html>\n"
     )
     write_bytes(path, html.encode("utf-8"))
     return path
