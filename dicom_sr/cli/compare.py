@@ -67,10 +67,28 @@ logger = logging.getLogger("dicom_sr")
     default=None,
     help="Lossy WebP at this quality (smaller pages; adds codec artefacts of its own).",
 )
+@click.option(
+    "--source-bicubic/--no-source-bicubic",
+    default=True,
+    show_default=True,
+    help="Also write the source frames upscaled by bicubic, the viewer's alternative to pixel "
+    "replication (--no-source-bicubic makes a large cine's page about a third smaller).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Warnings only.")
 @click.option("-v", "--verbose", count=True)
 def compare(
-    inputs, out_dir, derived, method, pipeline, scale, deidentify, fmt, quality, quiet, verbose
+    inputs,
+    out_dir,
+    derived,
+    method,
+    pipeline,
+    scale,
+    deidentify,
+    fmt,
+    quality,
+    source_bicubic,
+    quiet,
+    verbose,
 ):
     """Write a before-and-after page of the source series in INPUTS (files, folders) to --out.
 
@@ -98,6 +116,7 @@ def compare(
             deidentify=deidentify,
             fmt=fmt,
             quality=quality,
+            source_bicubic=source_bicubic,
             on_series=None if quiet else _series_progress,
         )
     except InputError as exc:

@@ -74,6 +74,7 @@ class _Context:
     configs: dict[str, PipelineConfig]
     deidentify: bool
     computed: set[str]  # derived series UIDs made with --method for this page
+    source_bicubic: bool = True
 
 
 def build_compare(
@@ -85,6 +86,7 @@ def build_compare(
     deidentify: bool = False,
     fmt: str = "webp",
     quality: int | None = None,
+    source_bicubic: bool = True,
     on_series: Callable[[int, int], None] | None = None,
 ) -> CompareResult:
     """Write the compare pages of the source series under ``inputs`` into ``out_dir``.
@@ -92,6 +94,8 @@ def build_compare(
     ``derived`` are output folders of ``process``/``listen``/``batch`` whose manifests link
     derived series to their sources; ``config``, when given, derives every series on the fly
     with it as well (``--method``). ``fmt``/``quality``: frame encoding (lossless by default).
+    ``source_bicubic``: also write the source frames upscaled by bicubic to the display size
+    (the viewer's "bicubic" choice; False halves a large cine's page, leaving replication).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -99,7 +103,8 @@ def build_compare(
     found = discover(inputs, exclude=[out, *index.folders])
     result = CompareResult(out, out / "index.html", skipped=list(found.skipped))
     extra = {config.hash(): config} if config is not None else {}
-    ctx = _Context(out, ImageStore(out, fmt, quality), known_configs(extra), deidentify, set())
+    store = ImageStore(out, fmt, quality)
+    ctx = _Context(out, store, known_configs(extra), deidentify, set(), source_bicubic)
     with tempfile.TemporaryDirectory(prefix=".compare-", dir=out) as scratch:
         if config is not None:
             for r in compute_derived(found.series, config, Path(scratch)):
@@ -189,7 +194,7 @@ def _build_page(
     width = max(int(h.Columns) for h in heads)
     height = max(int(h.Rows) for h in heads)
     first = series.instances[0]
-    scale = max(1, round(width / first.columns))
+    scale = max(1, round(width / first.columns)) if ctx.source_bicubic else 1
     warnings: list[str] = []
     source = _source_layer(k, series, scale, ctx, warnings)
     source.calibration = calibration(header, first.columns, width)

@@ -70,6 +70,7 @@ class ViewerPages:
         base = f"frames/{slug}"
         thumb = self.store.thumb(f"{base}/thumb", hr[0])
         truth = Layer("ground truth", "reference", self._frames(f"{base}/hr", hr))
+        truth.provenance = {"what": "the real frame's tissue crop (luminance), as stored"}
         degraded = Layer(
             f"degraded input (x{scale} smaller)",
             "source",
@@ -78,6 +79,7 @@ class ViewerPages:
                 f"{base}/lr-bicubic", [upscale_np(f, scale, "bicubic") for f in lr]
             ),
         )
+        degraded.provenance = {"what": f"the ground truth made x{scale} smaller on purpose"}
         layers = [truth, degraded]
         for k, (name, frames) in enumerate(outputs.items()):
             prov = {"method": name, "scale": f"x{scale}"}
@@ -97,6 +99,7 @@ class ViewerPages:
             facts=[("Crop", f"{width} x {height}"), ("Scale", f"x{scale}")],
             note=HTML_NOTE,
             back="report.html",
+            back_label="evaluation report",
         )
         entry = _Entry(title, f"view-{slug}.html", thumb, len(hr), scale)
         self.pages.append((entry, page))
@@ -134,7 +137,7 @@ def render_html(report: dict, rows: Sequence[IndexRow]) -> str:
         "<title>dicom-sr evaluation</title>",
         f'<link rel=stylesheet href="{ASSETS_DIR}/viewer.css"></head><body><main>',
         "<h1>dicom-sr evaluation</h1>",
-        f"<p>{escape(first)}</p><ul>",
+        f"<p>{escape(first.replace('`', ''))}</p><ul>",
         *[f"<li>{escape(x)}</li>" for x in rest],
         "</ul>",
         f"<p class=note>{escape(HTML_NOTE)}</p>",

@@ -40,7 +40,9 @@ def encode_image(frame: np.ndarray, fmt: str = "webp", quality: int | None = Non
     if fmt == "png":
         img.save(buf, format="PNG", optimize=False, compress_level=6)
     elif quality is None:
-        img.save(buf, format="WEBP", lossless=True, quality=80, method=4)
+        img.save(
+            buf, format="WEBP", lossless=True, quality=50, method=4
+        )  # ~1 % larger than 80, faster
     else:
         img.save(buf, format="WEBP", quality=int(quality), method=4)
     return buf.getvalue()

@@ -90,6 +90,7 @@ class ViewerPage:
     warnings: list[str] = field(default_factory=list)
     note: str = PROCESSED_NOTE
     back: str | None = "index.html"
+    back_label: str = "all series"
 
     def data(self) -> dict:
         return {
@@ -174,7 +175,10 @@ def render_page(page: ViewerPage, assets: str = ASSETS_DIR) -> str:
     """The HTML of one viewer page."""
     if len(page.layers) < 2:
         raise ValueError(f"{page.title}: a comparison needs two layers, got {len(page.layers)}")
-    back = f'<a href="{escape(page.back)}">&larr; all series</a>' if page.back else ""
+    back = ""
+    if page.back:
+        back = f'<a href="{escape(page.back)}">&larr; {escape(page.back_label)}</a>'
+
     warnings = "".join(f"<p class=warn>{escape(w)}</p>" for w in page.warnings)
     keys = "".join(
         f"<tr><th><kbd>{escape(k)}</kbd></th><td>{escape(v)}</td></tr>" for k, v in _KEYS

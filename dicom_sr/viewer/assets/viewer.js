@@ -298,6 +298,9 @@
     sa.addEventListener("change", function () { state.left = +sa.value; provenance(); schedule(); });
     sb.addEventListener("change", function () { state.right = +sb.value; provenance(); schedule(); });
     var resample = $("resample");
+    if (!data.layers.some(function (l) { return l.bicubic; })) {
+      resample.querySelector("option[value=bicubic]").disabled = true;  // none written
+    }
     resample.addEventListener("change", function () { state.resample = resample.value; schedule(); });
     $("mode-side").addEventListener("click", function () { setMode("side"); });
     $("mode-swipe").addEventListener("click", function () { setMode("swipe"); });
