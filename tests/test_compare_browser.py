@@ -130,7 +130,7 @@ def test_index_and_every_image_decodes(sample_pages, open_page):
     index = open_page(sample_pages.index)
     widths = index.evaluate(
         """async () => Promise.all([...document.images].map(async img => {
-            img.loading = "eager"; await img.decode(); return img.naturalWidth; }))"""
+            img.scrollIntoView(); await img.decode(); return img.naturalWidth; }))"""
     )
     assert len(widths) == len(SAMPLES) and min(widths) > 0
     for path in sample_pages.pages:
@@ -220,3 +220,24 @@ def test_frame_slider_and_cine_play(cine_page, open_page):
     )
     page.click("#play")  # pause
     assert not page.evaluate("window.dicomSrViewer.state.playing")
+
+
+def test_index_of_50_series_loads_thumbnails_lazily(tmp_path, open_page):
+    """A study of 50 series: the index opens with the thumbnails on screen loaded, not all;
+    scrolling to the end loads the last one."""
+    from dicom_sr.viewer import ImageStore, IndexRow, write_assets, write_index
+
+    store = ImageStore(tmp_path)
+    rng = np.random.default_rng(0)
+    rows = []
+    for k in range(50):
+        thumb = store.thumb(f"frames/{k:03d}/thumb", rng.integers(0, 255, (240, 320), np.uint8))
+        rows.append(IndexRow(f"series-{k:03d}.html", f"series {k}", thumb, ["1"]))
+    write_assets(tmp_path)
+    page = open_page(write_index(tmp_path / "index.html", "50 series", ["frames"], rows))
+    page.wait_for_function("document.images[0].complete && document.images[0].naturalWidth > 0")
+    loaded = "[...document.images].filter(i => i.complete && i.naturalWidth > 0).length"
+    assert page.evaluate(loaded) < 50
+    page.locator("img").last.scroll_into_view_if_needed()
+    last = "(() => { const i = [...document.images].pop(); return i.naturalWidth > 0; })()"
+    page.wait_for_function(last, timeout=WAIT_MS)

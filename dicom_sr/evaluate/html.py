@@ -28,7 +28,7 @@ from dicom_sr.evaluate.report import (
 )
 from dicom_sr.fsio import write_bytes
 from dicom_sr.viewer import ImageStore, IndexRow, Layer, ViewerPage, write_assets, write_page
-from dicom_sr.viewer.page import ASSETS_DIR, index_table
+from dicom_sr.viewer.page import ASSETS_DIR, index_table, lazy_script
 
 __all__ = ["ViewerPages", "render_html", "HTML_NOTE"]
 
@@ -166,5 +166,5 @@ def render_html(report: dict, rows: Sequence[IndexRow]) -> str:
         parts.append("<h2>Not evaluated</h2><ul>")
         parts += [f"<li>{escape(s['path'])}: {escape(s['reason'])}</li>" for s in report["skipped"]]
         parts.append("</ul>")
-    parts.append("</main></body></html>\n")
+    parts.append("</main>" + lazy_script() + "</body></html>\n")
     return "\n".join(parts)

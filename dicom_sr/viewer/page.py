@@ -27,6 +27,7 @@ __all__ = [
     "write_page",
     "write_index",
     "index_table",
+    "lazy_script",
 ]
 
 #: The plain note every page shows.
@@ -36,7 +37,7 @@ PROCESSED_NOTE = (
 )
 #: Folder, next to the pages, that holds the viewer's script and style sheet.
 ASSETS_DIR = "assets"
-_ASSETS = ("viewer.js", "viewer.css")
+_ASSETS = ("viewer.js", "viewer.css", "index.js")
 
 _KEYS = (
     ("wheel", "zoom both views at the cursor"),
@@ -209,7 +210,7 @@ def index_table(columns: Sequence[str], rows: Sequence[IndexRow]) -> str:
     body = []
     for row in rows:
         thumb = (
-            f'<img loading=lazy decoding=async src="{escape(row.thumbnail)}" alt="">'
+            f'<img class=thumb data-src="{escape(row.thumbnail)}" alt="" width=160 height=120>'
             if row.thumbnail
             else ""
         )
@@ -229,6 +230,11 @@ def index_table(columns: Sequence[str], rows: Sequence[IndexRow]) -> str:
     )
 
 
+def lazy_script(assets: str = ASSETS_DIR) -> str:
+    """The script that loads the thumbnails of :func:`index_table` as they near the screen."""
+    return f'<script src="{escape(assets)}/index.js"></script>\n'
+
+
 def write_index(
     path: Path,
     title: str,
@@ -239,14 +245,16 @@ def write_index(
     notes: Sequence[str] = (),
     assets: str = ASSETS_DIR,
 ) -> Path:
-    """The index page: one row per series, thumbnails loaded lazily (a study of 50 series
-    loads only what is on screen)."""
+    """The index page: one row per series, thumbnails loaded as they near the screen (a study
+    of 50 series loads only what is on screen; ``assets/index.js``)."""
     paras = "".join(f"<p>{escape(p)}</p>" for p in intro)
     note_html = "".join(f"<p class=note>{escape(n)}</p>" for n in notes)
     html = (
         _head(title, assets)
         + f"<header><h1>{escape(title)}</h1>{note_html}{paras}</header>\n"
-        + f"<main>{index_table(['series', *columns], rows)}</main>\n</body></html>\n"
+        + f"<main>{index_table(['series', *columns], rows)}</main>\n"
+        + lazy_script(assets)
+        + "</body></html>\n"
     )
     write_bytes(path, html.encode("utf-8"))
     return path
