@@ -18,6 +18,7 @@ from dicom_sr.compare import build_compare
 from dicom_sr.compare.frames import calibration, region_mask
 from dicom_sr.compare.provenance import parse_description, provenance_rows
 from dicom_sr.config import PipelineConfig
+from dicom_sr.errors import InputError
 from dicom_sr.pipeline import process_inputs
 from dicom_sr.pipeline.frames import guard_text
 from dicom_sr.viewer import Layer, ViewerPage
@@ -204,3 +205,20 @@ def test_cli_method_on_the_fly(tmp_path):
         "assets",
         "frames",
     }
+
+
+def test_listen_output_folder_is_found(derived_out, tmp_path):
+    """``listen`` keeps its manifest in OUT/derived/: --derived OUT finds it there."""
+    import shutil
+
+    from dicom_sr.compare.sources import read_derived
+
+    node = tmp_path / "node"
+    shutil.copytree(derived_out, node / "derived")
+    index = read_derived([node])
+    assert index.folders == [node / "derived"]
+    assert len(index.by_source) == len(SAMPLES)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="no manifest.jsonl"):
+        read_derived([empty])

@@ -168,6 +168,7 @@ def _series_row(
     result.pages.append(path)
     right = page.layers[page.right]
     guard = right.provenance.get("guard chose", "")
+    guard = "no guard" if guard.startswith("no guard") else guard
     ruler = _ruler_summary(page.layers)
     thumb = f"frames/{k:03d}/thumb.webp"
     return IndexRow(path.name, title, thumb, [str(page.frames), size, right.label, guard, ruler])

@@ -61,17 +61,26 @@ class DerivedIndex:
     folders: list[Path] = field(default_factory=list)
 
 
+#: Where a manifest lies under an output folder: ``process``/``batch`` OUT, ``listen`` OUT.
+_MANIFEST_PLACES = (MANIFEST_NAME, f"derived/{MANIFEST_NAME}")
+
+
 def _manifest_path(out: Path) -> Path:
     if out.is_file() and out.name == MANIFEST_NAME:
         return out
-    path = out / MANIFEST_NAME
-    if not path.is_file():
-        raise InputError(out, f"no {MANIFEST_NAME} here: not an output folder of dicom-sr")
-    return path
+    for place in _MANIFEST_PLACES:
+        if (out / place).is_file():
+            return out / place
+    raise InputError(
+        out, f"no {MANIFEST_NAME} here nor in derived/: not an output folder of dicom-sr"
+    )
 
 
 def read_derived(outputs: Iterable[str | os.PathLike[str]]) -> DerivedIndex:
     """Index the written instances of each output folder (or manifest file) by source SOP UID.
+
+    An output folder of ``process`` or ``batch`` holds ``manifest.jsonl``; one of ``listen``
+    holds it in ``derived/``. Both are found.
 
     The latest entry for an output decides (a rewrite after a failure counts); an output
     whose file is gone is left out with a warning. Raises :class:`InputError` naming a folder
