@@ -20,6 +20,8 @@
     playing: false, draws: 0
   };
   var cache = {};  // url -> HTMLImageElement (loading or loaded)
+  var order = [];  // urls, oldest first: a long cine keeps only the last CACHE_SIZE images
+  var CACHE_SIZE = 96;
   var views = [];  // {canvas, role: "left" | "right" | "swipe"}
 
   function $(id) { return document.getElementById(id); }
@@ -41,6 +43,8 @@
       img.onerror = function () { img.failed = true; schedule(); };
       img.src = url;
       cache[url] = img;
+      order.push(url);
+      while (order.length > CACHE_SIZE) { delete cache[order.shift()]; }
     }
     return img;
   }
