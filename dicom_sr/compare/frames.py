@@ -20,6 +20,7 @@ from dicom_sr.dicom.reasons import tag_name
 from dicom_sr.dicom.regions import read_regions
 from dicom_sr.engine import upscale_np
 from dicom_sr.errors import InputError
+from dicom_sr.viewer.images import as_uint8
 
 __all__ = [
     "DisplayFrame",
@@ -97,19 +98,14 @@ def read_display_frames(
         mask = region_mask(reader.header, reader.rows, reader.columns, path) if deidentify else None
         for frame in reader:
             frame = _blank(frame, mask)
+            image = to_rgb8(frame.luma, frame.chroma)
             up = None
-            if bicubic_scale > 1:
-                luma = upscale_np(frame.luma, bicubic_scale, "bicubic")
-                chroma = (
-                    None
-                    if frame.chroma is None
-                    else upscale_np(frame.chroma, bicubic_scale, "bicubic")
-                )
-                up = to_rgb8(luma, chroma)
+            if bicubic_scale > 1:  # one call on the 8-bit image (the colour transform is linear)
+                up = as_uint8(upscale_np(image / np.float32(255.0), bicubic_scale, "bicubic"))
                 if mask is not None:  # interpolation must not bleed text back in
                     big = np.repeat(np.repeat(mask, bicubic_scale, 0), bicubic_scale, 1)
                     up[~big] = 0
-            yield DisplayFrame(frame.index, to_rgb8(frame.luma, frame.chroma), up)
+            yield DisplayFrame(frame.index, image, up)
 
 
 def calibration(ds: Dataset, cols: int, display_width: int) -> tuple[float, float] | None:
