@@ -225,3 +225,27 @@ def test_listen_output_folder_is_found(derived_out, tmp_path):
     empty.mkdir()
     with pytest.raises(InputError, match="no manifest.jsonl"):
         read_derived([empty])
+
+
+def test_deidentify_warns_when_the_regions_cover_the_frame(tmp_path):
+    """A region as large as the frame leaves nothing to blank: the page says so rather than
+    implying the burned-in text is gone; a sample with text outside its region gets no such
+    warning."""
+    src = tmp_path / "src"
+    src.mkdir()
+    ds = pydicom.dcmread(ROOT / "sample_data" / "us_phantom_single.dcm")
+    region = ds.SequenceOfUltrasoundRegions[0]
+    region.RegionLocationMinX0, region.RegionLocationMinY0 = 0, 0
+    region.RegionLocationMaxX1, region.RegionLocationMaxY1 = ds.Columns - 1, ds.Rows - 1
+    ds.save_as(src / "whole.dcm")
+    result = build_compare(
+        [src, ROOT / "sample_data" / "us_phantom_rgb.dcm"],
+        tmp_path / "page",
+        config=PipelineConfig().with_overrides({"engine.method": "bicubic"}),
+        deidentify=True,
+    )
+    flagged = {
+        page_data(p)["title"]: "blanked nothing here" in p.read_text(encoding="utf-8")
+        for p in result.pages
+    }
+    assert flagged == {"B-mode phantom": True, "B-mode phantom RGB": False}

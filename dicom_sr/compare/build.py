@@ -46,6 +46,10 @@ SHOWN_AS_STORED = (
     "Burned-in text is shown as the scanner stored it and may identify the patient; "
     "--deidentify-text blanks everything outside the ultrasound regions."
 )
+UNBLANKED = (
+    "The ultrasound regions cover the whole frame: --deidentify-text blanked nothing here, and "
+    "text burned in inside the regions is shown."
+)
 _INDEX_COLUMNS = ("frames", "source", "shown against", "guard chose", "ruler")
 
 
@@ -197,6 +201,11 @@ def _build_page(
     first = series.instances[0]
     scale = max(1, round(width / first.columns)) if ctx.source_bicubic else 1
     warnings: list[str] = []
+    if ctx.deidentify:
+        mask = region_mask(header, first.rows, first.columns, first.path)
+        if mask.mean() > 0.98:
+            warnings.append(UNBLANKED)
+            logger.warning("compare: series %d: %s", k, UNBLANKED)
     source = _source_layer(k, series, scale, ctx, warnings)
     source.calibration = calibration(header, first.columns, width)
     layers = [source]
