@@ -30,7 +30,7 @@
   function frameUrl(layer, k) {
     var l = data.layers[layer];
     var set = (state.resample === "bicubic" && l.bicubic) ? l.bicubic : l.frames;
-    return set[Math.min(k, set.length - 1)] || null;
+    return set[k] || null;  // no such frame in this layer: the view says so
   }
 
   function image(url) {
