@@ -129,6 +129,27 @@ def test_description_parse_reads_the_guard_and_its_scores():
         guard_text(guard), guard_text({**guard, "decision": "model"})
     )
     assert provenance_rows(ds, {cfg.hash(): cfg})["blend weight"] == "0.5 model + 0.5 ibp"
+    # a header that records the weight is read as it says, whatever the configuration
+    ds.DerivationDescription += "; model weight 0.7 (rest ibp)"
+    assert provenance_rows(ds, {})["blend weight"] == "0.7 model + 0.3 ibp"
+
+
+@pytest.mark.slow
+def test_provenance_of_a_real_cyclegan_series(tmp_path):
+    """A learned method end to end: the page shows the guard's choice, both scores and the
+    blend weight that the derived header records."""
+    config = PipelineConfig().with_overrides({"engine.iterations": 2})
+    sample = ROOT / "sample_data" / "us_phantom_single.dcm"
+    process_inputs([sample], config, tmp_path / "out")
+    result = build_compare([sample], tmp_path / "page", derived=[tmp_path / "out"])
+    prov = page_data(result.pages[0])["layers"][1]["provenance"]
+    assert prov["method"] == "cyclegan" and prov["config hash"] == config.hash()
+    assert prov["guard chose"] in ("model", "ibp")
+    assert re.fullmatch(
+        r"model -?[\d.]+ dB, ibp -?[\d.]+ dB on \d+ held-aside pairs", prov["guard scores"]
+    )
+    want = "none: the guard chose ibp" if prov["guard chose"] == "ibp" else "0.5 model + 0.5 ibp"
+    assert prov["blend weight"] == want
 
 
 def test_deidentify_text_blanks_outside_the_regions(derived_out, tmp_path):

@@ -2,9 +2,10 @@
 
 The DerivationDescription (0008,2111) that :func:`dicom_sr.dicom.provenance.derivation_description`
 writes is the record: method, scale, pipeline, config hash, output syntax and the guard's
-decision with both of its scores. The blend weight is not in it: it is the configuration's
-``engine.model_weight``, found when the config hash names a known configuration (a named
-pipeline, or the one ``--method`` ran with); otherwise the page says it is not recorded.
+decision with both of its scores, and the blend weight (``model weight W``). Headers written
+before the weight was recorded get it from the configuration's ``engine.model_weight`` when the
+config hash names a known configuration (a named pipeline, or the one ``--method`` ran with);
+otherwise the page says it is not recorded.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ _PATTERNS = {
     "ibp_db": r"ibp (-?[\d.]+) dB",
     "pairs": r"on (\d+) held-aside pairs",
     "guard_reason": r"held-aside pairs\): ([^;]+)|guard: output (?:model|ibp): ([^;]+)",
+    "model_weight": r"(?:^|; )model weight ([\d.]+)",
 }
 
 
@@ -69,6 +71,9 @@ def _blend(fields: Mapping[str, str], configs: Mapping[str, PipelineConfig]) -> 
         return f"none: {method} learns nothing"
     if fields.get("guard") == "ibp":
         return "none: the guard chose ibp"
+    if "model_weight" in fields:  # recorded in the header
+        w = float(fields["model_weight"])
+        return f"{w:g} model + {1 - w:g} ibp"
     cfg = configs.get(fields.get("config_hash", ""))
     if cfg is None:
         return "not recorded (configuration not known here)"
