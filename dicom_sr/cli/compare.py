@@ -72,7 +72,7 @@ logger = logging.getLogger("dicom_sr")
     default=True,
     show_default=True,
     help="Also write the source frames upscaled by bicubic, the viewer's alternative to pixel "
-    "replication (--no-source-bicubic makes a large cine's page about a third smaller).",
+    "replication (--no-source-bicubic makes a large cine's page about half as large).",
 )
 @click.option("-q", "--quiet", is_flag=True, help="Warnings only.")
 @click.option("-v", "--verbose", count=True)
