@@ -252,12 +252,12 @@ def _source_layer(k: int, series: Series, scale: int, ctx: _Context, warnings: l
         except InputError as exc:
             warnings.append(f"source: {exc.reason}")  # no path: it may name the patient
             logger.warning("compare: %s", exc)
-        frames += [None] * (series_frames_until(series, inst) - len(frames))
+        frames += [None] * (_frames_until(series, inst) - len(frames))
         bicubic += [None] * (len(frames) - len(bicubic))
     return Layer("source", "source", frames, bicubic if scale > 1 else None)
 
 
-def series_frames_until(series: Series, inst) -> int:
+def _frames_until(series: Series, inst) -> int:
     """Frames of ``series`` up to and including the instance ``inst``."""
     total = 0
     for i in series.instances:
@@ -272,7 +272,7 @@ def _derived_layer(
 ) -> Layer:
     frames: list[str | None] = []
     for inst, copy in zip(series.instances, d.instances, strict=True):
-        end = series_frames_until(series, inst)
+        end = _frames_until(series, inst)
         if copy is not None:
             try:
                 for f in read_display_frames(copy.path, deidentify=ctx.deidentify):
