@@ -246,3 +246,32 @@ def test_index_of_50_series_loads_thumbnails_lazily(tmp_path, open_page):
     page.locator("img").last.scroll_into_view_if_needed()
     last = "(() => { const i = [...document.images].pop(); return i.naturalWidth > 0; })()"
     page.wait_for_function(last, timeout=WAIT_MS)
+
+
+def test_evaluation_report_pages(tmp_path, open_page):
+    """evaluate's report.html and its viewer pages: the ground truth, the degraded input and
+    each method decode and are drawn; the tables are there."""
+    from dicom_sr.evaluate import run_evaluation
+
+    report = run_evaluation(
+        [ROOT / "sample_data" / "us_phantom_single.dcm"],
+        tmp_path,
+        methods=["bicubic", "ibp"],
+        scales=[2],
+        config=PipelineConfig(),
+        cine_frames=0,
+        figures_enabled=False,
+    )
+    index = open_page(tmp_path / "report.html")
+    assert index.locator("th", has_text="PSNR [dB]").count() >= 1
+    (href,) = set(index.locator("table.index a").evaluate_all("as => as.map(a => a.href)"))
+    page = open_page(Path(href.removeprefix("file://")))
+    sizes = page.evaluate(DECODE_ALL)
+    assert len(sizes) == 5 and all(w > 0 for _, w in sizes)  # truth, degraded (+ bicubic), 2
+    labels = page.evaluate("window.dicomSrViewer.data.layers.map(l => l.label)")
+    assert labels == ["ground truth", "degraded input (x2 smaller)", *report["methods"]]
+    settle(page)
+    truth = shot(page, "#view-left")
+    page.select_option("#layer-a", "1")  # the degraded input, replicated
+    settle(page)
+    assert changed(truth, shot(page, "#view-left")) > 0.05
