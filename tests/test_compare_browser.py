@@ -8,6 +8,7 @@ from disk (file://), as a user opens them. What is drawn is compared on screensh
 from __future__ import annotations
 
 import io
+import re
 import shutil
 from pathlib import Path
 
@@ -275,3 +276,24 @@ def test_evaluation_report_pages(tmp_path, open_page):
     page.select_option("#layer-a", "1")  # the degraded input, replicated
     settle(page)
     assert changed(truth, shot(page, "#view-left")) > 0.05
+
+
+def test_shift_drag_measures_the_same_length_on_both_sides(sample_pages, open_page):
+    """A distance measured on the source and on the derived frame, each with its own regions'
+    calibration: the same millimetres (the derived regions were rescaled right)."""
+    page = open_page(sample_pages.pages[0])
+    settle(page)
+    box = page.locator("#view-left").bounding_box()
+    x, y = box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.3
+    page.keyboard.down("Shift")
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + 150, y + 100, steps=5)
+    page.mouse.up()
+    page.keyboard.up("Shift")
+    page.wait_for_function("window.dicomSrViewer.state.measure !== null", timeout=WAIT_MS)
+    text = page.locator("#measure").inner_text()
+    a, b = (float(v) for v in re.findall(r"([\d.]+) mm", text))
+    assert a > 5 and a == b, text
+    page.keyboard.press("Escape")
+    page.wait_for_function("window.dicomSrViewer.state.measure === null", timeout=WAIT_MS)

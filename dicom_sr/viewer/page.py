@@ -43,8 +43,9 @@ _KEYS = (
     ("wheel", "zoom both views at the cursor"),
     ("drag", "pan both views"),
     ("double-click, R", "reset zoom and pan"),
+    ("shift + drag", "measure: the length in mm by each side's own calibration"),
     ("F", "flip: swap A and B at the same place"),
-    ("1 / 2, 0", "show A only / B only, back to both"),
+    ("1 / 2, 0 or Esc", "show A only / B only; back to both, measurement cleared"),
     ("S", "side by side / swipe"),
     ("space", "play / pause"),
     ("\u2190 \u2192", "previous / next frame"),
@@ -148,7 +149,8 @@ def _controls() -> str:
         "<option value=nearest>pixel replication</option>"
         "<option value=bicubic>bicubic</option></select></label>"
         "<button id=mode-side>Side by side</button><button id=mode-swipe>Swipe</button>"
-        "<button id=reset>Reset view</button><span id=shown></span></div>"
+        "<button id=reset>Reset view</button><span id=shown></span>"
+        '<span id=measure aria-label="measurement"></span></div>'
         '<div class="controls cine"><button id=play>Play</button>'
         '<input id=frame type=range min=0 max=0 value=0 aria-label="frame">'
         "<span id=frame-label></span></div>"

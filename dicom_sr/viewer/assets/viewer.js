@@ -17,7 +17,7 @@
   var state = {
     frame: 0, zoom: 1, cx: W / 2, cy: H / 2, left: data.left, right: data.right,
     mode: "side", swipe: 0.5, only: null, flipped: false, resample: "nearest",
-    playing: false, draws: 0
+    playing: false, draws: 0, measure: null
   };
   var cache = {};  // url -> HTMLImageElement (loading or loaded)
   var order = [];  // urls, oldest first: a long cine keeps only the last CACHE_SIZE images
@@ -137,6 +137,39 @@
     ctx.restore();
   }
 
+  // a measurement in display pixels, in mm by one layer's own calibration (null: none)
+  function measuredMm(layer) {
+    var m = state.measure, cal = data.layers[layer].calibration;
+    if (!m || !cal) return null;
+    var dx = (m.x1 - m.x0) * cal.x, dy = (m.y1 - m.y0) * cal.y;
+    return Math.sqrt(dx * dx + dy * dy);
+  }
+
+  function drawMeasure(ctx, canvas, layer) {
+    var m = state.measure;
+    if (!m) return;
+    var s = fit(canvas) * state.zoom, dpr = window.devicePixelRatio || 1;
+    var ox = canvas.width / 2 - state.cx * s, oy = canvas.height / 2 - state.cy * s;
+    var x0 = ox + m.x0 * s, y0 = oy + m.y0 * s, x1 = ox + m.x1 * s, y1 = oy + m.y1 * s;
+    ctx.save();
+    ctx.strokeStyle = "#0f0";
+    ctx.fillStyle = "#0f0";
+    ctx.lineWidth = 2 * dpr;
+    ctx.beginPath(); ctx.moveTo(x0, y0); ctx.lineTo(x1, y1); ctx.stroke();
+    var mm = measuredMm(layer);
+    ctx.font = Math.round(13 * dpr) + "px sans-serif";
+    ctx.fillText(mm === null ? "no calibration" : mm.toFixed(2) + " mm", x1 + 6 * dpr, y1);
+    ctx.restore();
+  }
+
+  function measureText() {
+    if (!state.measure) return "";
+    return [state.left, state.right].map(function (k, i) {
+      var mm = measuredMm(k);
+      return (i ? "B " : "A ") + (mm === null ? "no calibration" : mm.toFixed(2) + " mm");
+    }).join(", ");
+  }
+
   function fmtMm(mm) { return (mm >= 1 ? mm.toFixed(0) : mm.toFixed(1)) + " mm"; }
 
   function drawView(v) {
@@ -151,6 +184,7 @@
       var layer = shownLayer(v.role);
       drawLayer(ctx, canvas, layer);
       drawRuler(ctx, canvas, layer);
+      drawMeasure(ctx, canvas, layer);
       v.label.textContent = data.layers[layer].label;
       return;
     }
@@ -168,6 +202,7 @@
     ctx.fillStyle = "#0ff";
     ctx.fillRect(split - 1, 0, 2, canvas.height);
     drawRuler(ctx, canvas, a);
+    drawMeasure(ctx, canvas, a);
     v.label.textContent = "left of the line: " + data.layers[a].label +
       "; right: " + data.layers[b].label;
   }
@@ -179,6 +214,7 @@
     root.setAttribute("data-zoom", state.zoom.toFixed(4));
     $("frame-label").textContent = "frame " + (state.frame + 1) + " / " + N;
     $("frame").value = String(state.frame);
+    $("measure").textContent = measureText();
   }
 
   // ---- interaction: zoom, pan, reset (shared by every view) ----------------------------
@@ -197,13 +233,32 @@
       state.cy = py - my / s;
       schedule();
     }, { passive: false });
+    function displayPoint(e) {
+      var r = c.getBoundingClientRect(), dpr = window.devicePixelRatio || 1, s = fit(c) * state.zoom;
+      return {
+        x: state.cx + ((e.clientX - r.left) * dpr - c.width / 2) / s,
+        y: state.cy + ((e.clientY - r.top) * dpr - c.height / 2) / s
+      };
+    }
     c.addEventListener("pointerdown", function (e) {
       if (e.button !== 0) return;
-      drag = { x: e.clientX, y: e.clientY };
+      drag = { x: e.clientX, y: e.clientY, measure: e.shiftKey };
+      if (e.shiftKey) {
+        var p = displayPoint(e);
+        state.measure = { x0: p.x, y0: p.y, x1: p.x, y1: p.y };
+        schedule();
+      }
       c.setPointerCapture(e.pointerId);
     });
     c.addEventListener("pointermove", function (e) {
       if (!drag) return;
+      if (drag.measure) {
+        var p = displayPoint(e);
+        state.measure.x1 = p.x;
+        state.measure.y1 = p.y;
+        schedule();
+        return;
+      }
       var dpr = window.devicePixelRatio || 1, s = fit(c) * state.zoom;
       state.cx -= (e.clientX - drag.x) * dpr / s;
       state.cy -= (e.clientY - drag.y) * dpr / s;
@@ -321,7 +376,7 @@
       if (k === "f" || k === "F") { state.flipped = !state.flipped; setOnly(state.only); }
       else if (k === "1" || k === "a") setOnly("a");
       else if (k === "2" || k === "b") setOnly("b");
-      else if (k === "0" || k === "Escape") { state.flipped = false; setOnly(null); }
+      else if (k === "0" || k === "Escape") { state.flipped = false; state.measure = null; setOnly(null); }
       else if (k === " ") { play(!state.playing); }
       else if (k === "ArrowRight") { play(false); setFrame(state.frame + 1); }
       else if (k === "ArrowLeft") { play(false); setFrame(state.frame - 1); }
