@@ -3,7 +3,7 @@
 Processes the sample data with a cheap method (``ibp`` by default), writes the compare page
 against that output (``dicom-sr compare --derived``), opens the cine's page in the
 distribution's Chromium (Playwright; no browser is downloaded), zooms both views in on the
-tissue and saves the viewer as a PNG.
+tissue, measures one distance on both and saves the viewer as a PNG.
 
 Usage: python scripts/compare_screenshot.py [TARGET.png] [--method ibp] [--keep DIR]
 (default target: docs/_static/compare.png).
@@ -50,7 +50,8 @@ def make_pages(work: Path, method: str) -> Path:
 
 
 def screenshot(page_path: Path, target: Path) -> None:
-    """Open the page, zoom in on the tissue in the left view (the right one follows), save."""
+    """Open the page, zoom in on the tissue in the left view (the right one follows), measure
+    a distance, save."""
     from playwright.sync_api import sync_playwright
 
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
@@ -69,6 +70,14 @@ def screenshot(page_path: Path, target: Path) -> None:
         page.mouse.move(box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.55)
         page.mouse.wheel(0, -500)
         page.wait_for_function("window.dicomSrViewer.state.zoom > 1.5")
+        # a measurement (shift + drag): the same millimetres by each side's own calibration
+        x, y = box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.35
+        page.keyboard.down("Shift")
+        page.mouse.move(x, y)
+        page.mouse.down()
+        page.mouse.move(x + box["width"] * 0.5, y + box["height"] * 0.3, steps=5)
+        page.mouse.up()
+        page.keyboard.up("Shift")
         page.wait_for_function("window.dicomSrViewer.ready()")
         page.evaluate(DRAWN)
         target.parent.mkdir(parents=True, exist_ok=True)
