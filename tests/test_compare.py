@@ -270,3 +270,18 @@ def test_deidentify_warns_when_the_regions_cover_the_frame(tmp_path):
         for p in result.pages
     }
     assert flagged == {"B-mode phantom": True, "B-mode phantom RGB": False}
+
+
+def test_cli_png_frames_and_lossy_only_as_webp(derived_out, tmp_path):
+    single = str(ROOT / "sample_data" / "us_phantom_single.dcm")
+    args = ["compare", single, "--derived", str(derived_out), "-q"]
+    bad = CliRunner().invoke(
+        main, [*args, "--out", str(tmp_path / "a"), "--format", "png", "--quality", "50"]
+    )
+    assert bad.exit_code == 2 and "WebP only" in bad.output
+    ok = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "b"), "--format", "png"])
+    assert ok.exit_code == 0, ok.output
+    data = page_data(tmp_path / "b" / "series-001.html")
+    for url in data["layers"][0]["frames"] + data["layers"][1]["frames"]:
+        with Image.open(tmp_path / "b" / url) as im:
+            assert im.format == "PNG"
