@@ -211,6 +211,8 @@ def test_source_by_replication_or_bicubic(sample_pages, open_page):
 def test_frame_slider_and_cine_play(cine_page, open_page):
     page = open_page(cine_page)
     assert page.evaluate("window.dicomSrViewer.data.frames") == 30
+    sizes = page.evaluate(DECODE_ALL)
+    assert len(sizes) == 60 and all(w > 0 for _, w in sizes)  # source and derived, 30 each
     settle(page)
     first_left, first_right = shot(page, "#view-left"), shot(page, "#view-right")
     page.locator("#frame").fill("15")
