@@ -11,5 +11,8 @@ from setuptools import find_packages, setup
 setup(
     packages=[*find_packages(include=["dicom_sr", "dicom_sr.*"]), "dicom_sr.pipelines"],
     package_dir={"dicom_sr.pipelines": "pipelines"},
-    package_data={"dicom_sr.pipelines": ["*.toml"]},
+    package_data={
+        "dicom_sr.pipelines": ["*.toml"],
+        "dicom_sr.viewer": ["assets/*.js", "assets/*.css"],  # the compare page's viewer
+    },
 )

@@ -22,11 +22,15 @@ fi
 if [[ $with_test == 1 ]]; then
     python -m pip install -q -e '.[test,docs,evaluate,batch]'
     # Real DICOM peers and validators for the tests (Debian packages).
-    if ! command -v dciodvfy >/dev/null || ! command -v dcmdump >/dev/null; then
+    # Chromium and its driver: the compare page's browser tests (Playwright drives the
+    # distribution's Chromium; it never downloads a browser of its own).
+    if ! command -v dciodvfy >/dev/null || ! command -v dcmdump >/dev/null \
+        || ! command -v chromium >/dev/null; then
         if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
-            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk dicom3tools >/dev/null
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+                dcmtk dicom3tools chromium chromium-driver >/dev/null
         else
-            echo "warning: dcmtk/dicom3tools missing and not root: their tests will be skipped" >&2
+            echo "warning: dcmtk/dicom3tools/chromium missing and not root: their tests will be skipped" >&2
         fi
     fi
 else

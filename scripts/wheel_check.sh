@@ -47,11 +47,16 @@ assert "site-packages" in dicom_sr.__file__, dicom_sr.__file__
 assert "bmode-default" in c.available_pipelines(), c.pipelines_dir()
 print("pipelines from", c.pipelines_dir())
 PY
-rm -rf "$work/out" "$work/report"
+rm -rf "$work/out" "$work/report" "$work/page"
 "$work/venv/bin/dicom-sr" process "$repo/sample_data/us_phantom_single.dcm" --out "$work/out" \
     --method bicubic
 test -n "$(find "$work/out" -name '*.dcm' -print -quit)"
 "$work/venv/bin/dicom-sr" evaluate "$repo/sample_data/" --out "$work/report" \
     --methods bicubic,ibp --scale 2
 test -n "$(ls -A "$work/report")"
+test -s "$work/report/report.html" && test -s "$work/report/assets/viewer.js"
+# the compare page: its viewer's script and style sheet come from the wheel's package data
+"$work/venv/bin/dicom-sr" compare "$repo/sample_data/us_phantom_single.dcm" --derived "$work/out" \
+    --out "$work/page" -q
+test -s "$work/page/series-001.html" && test -s "$work/page/assets/viewer.js"
 echo "wheel check passed in $((SECONDS - start)) s"

@@ -198,3 +198,28 @@ def test_unknown_method_is_named():
 
     with pytest.raises(ConfigError, match="unknown method 'srgan'.*ablation-gan-alone"):
         resolve_methods(["bicubic", "srgan"], PipelineConfig())
+
+
+def test_html_report_and_viewer_pages(evaluated):
+    """report.html holds the tables and links one viewer page per image x scale and per cine;
+    each page shows the ground truth, the degraded input and every method, lossless."""
+    out, report, _ = evaluated
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "| method |" not in html and "<th>PSNR [dB]</th>" in html
+    pages = sorted(out.glob("view-*.html"))
+    assert len(pages) == len(report["images"]) + len(report["cine"])
+    for page in pages:
+        assert f'href="{page.name}"' in html
+    assert (out / "assets" / "viewer.js").is_file()
+    from test_compare import page_data
+
+    img = report["images"][0]
+    (data,) = [d for d in map(page_data, pages) if d["title"] == f"{img['id']}: x2"]
+    labels = [layer["label"] for layer in data["layers"]]
+    assert labels[:2] == ["ground truth", "degraded input (x2 smaller)"] and labels[2:] == METHODS
+    h, w = img["hr_shape"]
+    assert (data["width"], data["height"]) == (w, h)
+    with Image.open(out / data["layers"][1]["frames"][0]) as lr:
+        assert lr.size == (w // 2, h // 2)
+    psnr = data["layers"][3]["provenance"]["psnr"]
+    assert float(psnr) == pytest.approx(img["results"]["ibp"]["2"]["psnr"], abs=1e-4)

@@ -178,3 +178,10 @@ def test_wheel_install_runs_process_and_evaluate(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "wheel check passed" in proc.stdout
     assert list((tmp_path / "out").rglob("*.dcm"))
+
+
+def test_wheel_ships_the_viewer_assets(wheel):
+    """The compare page copies its script and style sheet from the package: the wheel has them."""
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for asset in (ROOT / "dicom_sr" / "viewer" / "assets").iterdir():
+        assert f"dicom_sr/viewer/assets/{asset.name}" in names

@@ -30,12 +30,13 @@ def list_pipelines() -> None:
 def _register_front_ends() -> None:
     """Each command lives in a module of its own; the group only lists them."""
     from dicom_sr.cli.batch import batch
+    from dicom_sr.cli.compare import compare
     from dicom_sr.cli.evaluate import evaluate
     from dicom_sr.cli.jobs import jobs
     from dicom_sr.cli.listen import listen
     from dicom_sr.cli.process import process
 
-    for command in (process, evaluate, listen, batch, jobs):
+    for command in (process, evaluate, listen, batch, jobs, compare):
         main.add_command(command)
 
 

@@ -21,7 +21,8 @@ logger = logging.getLogger("dicom_sr")
     "out_dir",
     required=True,
     type=click.Path(file_okay=False),
-    help="Report folder: report.json, report.md and PNG figures.",
+    help="Report folder: report.json, report.md, report.html (with a viewer page per image) "
+    "and PNG figures.",
 )
 @click.option(
     "--methods",

@@ -1,7 +1,8 @@
 """Quality evaluation: the paper's protocol on real frames (PSNR, SSIM, VIF-P), with figures.
 
 :func:`run_evaluation` crops real frames to tissue, degrades them, super-resolves them with each
-method and writes ``report.json``, ``report.md`` and PNG figures; see :mod:`.protocol`.
+method and writes ``report.json``, ``report.md``, PNG figures and ``report.html`` (whose viewer
+pages, :mod:`.html`, show every image at the same place and zoom); see :mod:`.protocol`.
 :mod:`.metrics` and :mod:`.figures` need only numpy, scipy and matplotlib, so importing them
 does not pull in torch or the DICOM stack (``run_evaluation`` is imported on first use).
 """

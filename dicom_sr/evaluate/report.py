@@ -14,7 +14,18 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["METRICS", "summarize", "render_markdown", "write_report", "json_safe"]
+__all__ = [
+    "METRICS",
+    "summarize",
+    "render_markdown",
+    "write_report",
+    "json_safe",
+    "header_lines",
+    "quality_table",
+    "ablation_table",
+    "per_image_table",
+    "cine_table",
+]
 
 #: Per-run quantities summarised over images, with their table headers and formats.
 METRICS = {
@@ -83,54 +94,69 @@ def _fmt(value, fmt: str) -> str:
     return "n/a" if value is None else fmt.format(value)
 
 
-def render_markdown(report: dict) -> str:
-    """The human-readable report: protocol, tables, figure links."""
-    methods, scales = report["methods"], report["scales"]
-    summary = report["summary"]
-    proto = report["protocol"]
-    n = len(report["images"])
-    lines = [
-        "# dicom-sr evaluation",
-        "",
-        f"{n} image(s); pipeline `{report['config']['name']}` (hash `{report['config']['hash']}`); "
-        f"created {report['created']}.",
-        "",
-        f"- Degradation: {proto['degradation']}",
-        f"- Ground truth: {proto['ground_truth']}",
-        f"- Metrics: {proto['metrics']}",
-        f"- Memory: {proto['memory']}",
-        f"- Machine: {report['machine']['cpu_model']}, {report['machine']['usable_cores']} cores, "
-        f"torch {report['machine']['torch']} ({report['machine']['torch_threads']} threads)",
-        "",
-        f"## Quality per method and scale (mean ± std over {n} image(s); Tables II/III)",
-        "",
+#: A table: its header and its rows of cells.
+Table = tuple[list[str], list[list[str]]]
+
+CINE_NOTE = (
+    "Each frame degraded, then super-resolved with the cine default (one `fit_cine`, "
+    "then `upscale` per frame). MAD: mean absolute frame-to-frame difference; ratio = "
+    "SR MAD / source MAD (above 1: the method adds change); flicker: mean "
+    "|ΔSR − Δsource|."
+)
+PER_IMAGE_NOTE = "Cells: PSNR [dB] / SSIM / VIF-P."
+
+
+def header_lines(report: dict) -> list[str]:
+    """What was evaluated, how, and on which machine (one line each)."""
+    proto, machine = report["protocol"], report["machine"]
+    return [
+        f"{len(report['images'])} image(s); pipeline `{report['config']['name']}` "
+        f"(hash `{report['config']['hash']}`); created {report['created']}.",
+        f"Degradation: {proto['degradation']}",
+        f"Ground truth: {proto['ground_truth']}",
+        f"Metrics: {proto['metrics']}",
+        f"Memory: {proto['memory']}",
+        f"Machine: {machine['cpu_model']}, {machine['usable_cores']} cores, "
+        f"torch {machine['torch']} ({machine['torch_threads']} threads)",
     ]
+
+
+def quality_table(report: dict) -> Table:
+    """Tables II/III: every metric as mean ± std per method and scale."""
+    summary = report["summary"]
     header = ["method", "scale", *[h for h, _ in METRICS.values()]]
     rows = []
-    for s in scales:
-        for m in methods:
+    for s in report["scales"]:
+        for m in report["methods"]:
             st = summary[m][str(s)]
             rows.append([m, f"x{s}", *[_pm(st[k], f) for k, (_, f) in METRICS.items()]])
-    lines += _table(header, rows)
+    return header, rows
 
+
+def ablation_table(report: dict) -> Table | None:
+    """Table V style: PSNR, VIF-P and SSIM per scale of each ablation, the full model last."""
     ablations = report.get("ablations") or []
-    if ablations:
-        lines += ["", "## Ablation (Table V style: loss terms of the CycleGAN)", ""]
-        keys = ("psnr", "vif_p", "ssim")
-        header = ["variant"] + [f"{METRICS[k][0]} x{s}" for s in scales for k in keys]
-        rows = []
-        for m in [*ablations, *[x for x in methods if x == "cyclegan"]]:
-            label = m if m in ablations else "cyclegan (all losses)"
-            rows.append(
-                [label] + [_pm(summary[m][str(s)][k], METRICS[k][1]) for s in scales for k in keys]
-            )
-        lines += _table(header, rows)
+    if not ablations:
+        return None
+    summary, scales = report["summary"], report["scales"]
+    keys = ("psnr", "vif_p", "ssim")
+    header = ["variant"] + [f"{METRICS[k][0]} x{s}" for s in scales for k in keys]
+    rows = []
+    for m in [*ablations, *[x for x in report["methods"] if x == "cyclegan"]]:
+        label = m if m in ablations else "cyclegan (all losses)"
+        rows.append(
+            [label] + [_pm(summary[m][str(s)][k], METRICS[k][1]) for s in scales for k in keys]
+        )
+    return header, rows
 
-    lines += ["", "## Per image", ""]
+
+def per_image_table(report: dict) -> Table:
+    """PSNR / SSIM / VIF-P of every method on every image and scale."""
+    methods = report["methods"]
     header = ["image", "crop (w x h)", "scale", *methods]
     rows = []
     for img in report["images"]:
-        for s in scales:
+        for s in report["scales"]:
             cells = []
             for m in methods:
                 r = img["results"].get(m, {}).get(str(s))
@@ -142,54 +168,65 @@ def render_markdown(report: dict) -> str:
                 )
             h, w = img["hr_shape"]
             rows.append([img["id"], f"{w} x {h}", f"x{s}", *cells])
-    lines += ["Cells: PSNR [dB] / SSIM / VIF-P.", ""]
-    lines += _table(header, rows)
+    return header, rows
 
+
+def cine_table(report: dict) -> Table | None:
+    """Temporal consistency of each method on each cine and scale."""
     cines = report.get("cine") or []
-    if cines:
-        lines += [
-            "",
-            "## Cine temporal consistency",
-            "",
-            "Each frame degraded, then super-resolved with the cine default (one `fit_cine`, "
-            "then `upscale` per frame). MAD: mean absolute frame-to-frame difference; ratio = "
-            "SR MAD / source MAD (above 1: the method adds change); flicker: mean "
-            "|ΔSR − Δsource|.",
-            "",
-        ]
-        header = [
-            "cine",
-            "scale",
-            "method",
-            "frames",
-            "source MAD",
-            "SR MAD",
-            "ratio",
-            "flicker",
-            "PSNR mean",
-            "train [s]",
-            "infer [s/frame]",
-        ]
-        rows = []
-        for c in cines:
-            for m, r in c["results"].items():
-                rows.append(
-                    [
-                        c["id"],
-                        f"x{c['scale']}",
-                        m,
-                        str(r["frames"]),
-                        f"{r['source_mad']:.5f}",
-                        f"{r['sr_mad']:.5f}",
-                        _fmt(r["mad_ratio"], "{:.3f}"),
-                        f"{r['flicker']:.5f}",
-                        f"{r['psnr_mean']:.2f}",
-                        f"{r['train_seconds']:.2f}",
-                        f"{r['infer_seconds'] / max(1, r['frames']):.3f}",
-                    ]
-                )
-        lines += _table(header, rows)
+    if not cines:
+        return None
+    header = [
+        "cine",
+        "scale",
+        "method",
+        "frames",
+        "source MAD",
+        "SR MAD",
+        "ratio",
+        "flicker",
+        "PSNR mean",
+        "train [s]",
+        "infer [s/frame]",
+    ]
+    rows = []
+    for c in cines:
+        for m, r in c["results"].items():
+            rows.append(
+                [
+                    c["id"],
+                    f"x{c['scale']}",
+                    m,
+                    str(r["frames"]),
+                    f"{r['source_mad']:.5f}",
+                    f"{r['sr_mad']:.5f}",
+                    _fmt(r["mad_ratio"], "{:.3f}"),
+                    f"{r['flicker']:.5f}",
+                    f"{r['psnr_mean']:.2f}",
+                    f"{r['train_seconds']:.2f}",
+                    f"{r['infer_seconds'] / max(1, r['frames']):.3f}",
+                ]
+            )
+    return header, rows
 
+
+def render_markdown(report: dict) -> str:
+    """The human-readable report: protocol, tables, figure links."""
+    first, *rest = header_lines(report)
+    n = len(report["images"])
+    lines = ["# dicom-sr evaluation", "", first, "", *[f"- {x}" for x in rest], ""]
+    lines += [f"## Quality per method and scale (mean ± std over {n} image(s); Tables II/III)", ""]
+    lines += _table(*quality_table(report))
+    ablation = ablation_table(report)
+    if ablation:
+        lines += ["", "## Ablation (Table V style: loss terms of the CycleGAN)", ""]
+        lines += _table(*ablation)
+    lines += ["", "## Per image", "", PER_IMAGE_NOTE, ""]
+    lines += _table(*per_image_table(report))
+    cine = cine_table(report)
+    if cine:
+        lines += ["", "## Cine temporal consistency", "", CINE_NOTE, ""]
+        lines += _table(*cine)
     if report.get("figures"):
         lines += ["", "## Figures", ""]
         lines += [f"![{Path(f).stem}]({f})" for f in report["figures"]]

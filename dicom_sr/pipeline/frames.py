@@ -28,6 +28,7 @@ from dicom_sr.engine import (
     upscale,
     upscale_np,
 )
+from dicom_sr.engine.infer import model_weight
 from dicom_sr.errors import InputError
 from dicom_sr.pipeline.results import ProgressCallback, ProgressEvent
 
@@ -85,9 +86,16 @@ def make_provenance(
         config_hash=config.hash(),
         software_version=__version__,
         perceptual=str(info.get("perceptual", "n/a")),
-        extra=guard_text(guard),
+        extra="; ".join(t for t in (guard_text(guard), _blend_text(config, model, guard)) if t),
         revision=revision,
     )
+
+
+def _blend_text(config: PipelineConfig, model: TrainedModel | None, guard: dict) -> str:
+    """The model's share of a learned method's output (the rest ibp), for the provenance."""
+    if model is None or not get_method(model.method).learned or guard.get("decision") == "ibp":
+        return ""
+    return f"model weight {model_weight(config.engine):g} (rest ibp)"
 
 
 def _iter_tissue_crops(
