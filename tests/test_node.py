@@ -388,11 +388,27 @@ def test_a_series_is_received_then_queued_and_a_restart_assembles_it_again(tmp_p
     again._record(due, "queued")
     (job,) = JobStore(tmp_path).jobs()
     assert job.state == "queued" and job.revision == 0
-    # a job that started makes the next arrival a new revision
+    # a resend of what was processed changes nothing
     JobStore(tmp_path).set_state(job.key, "done")
     again._record(Arrivals("1.2", "1.2.3", {paths[1]}), "queued")
-    revs = sorted((j.revision, j.state) for j in JobStore(tmp_path).jobs())
-    assert revs == [(0, "done"), (1, "queued")]
+    assert [(j.revision, j.state) for j in JobStore(tmp_path).jobs()] == [(0, "done")]
+    # a late instance joins the done job when its saved model is there ...
+    late = folder / "1.2.3.3.dcm"
+    late.write_bytes(b"spooled")
+    model = again.upkeep.model_path(job.key)
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"model")
+    again._record(Arrivals("1.2", "1.2.3", {late}), "queued")
+    (job,) = JobStore(tmp_path).jobs()
+    assert (job.revision, job.state, len(job.paths)) == (0, "queued", 3)
+    # ... and makes a new revision of the whole series when that model is gone
+    JobStore(tmp_path).set_state(job.key, "done")
+    model.unlink()
+    later = folder / "1.2.3.4.dcm"
+    later.write_bytes(b"spooled")
+    again._record(Arrivals("1.2", "1.2.3", {later}), "queued")
+    revs = sorted((j.revision, j.state, len(j.paths)) for j in JobStore(tmp_path).jobs())
+    assert revs == [(0, "done", 3), (1, "queued", 4)]
 
 
 @pytest.mark.network

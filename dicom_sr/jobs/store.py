@@ -48,7 +48,26 @@ CREATE TABLE IF NOT EXISTS jobs (
     next_forward_at REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, kind);
+CREATE TABLE IF NOT EXISTS forwards (
+    key TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    sent TEXT NOT NULL DEFAULT '[]',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT NOT NULL DEFAULT '',
+    next_at REAL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    PRIMARY KEY (key, destination)
+);
 """
+
+#: Columns added after the first release: (name, declaration), added to older stores on open.
+_ADDED = (
+    ("calling_ae", "TEXT NOT NULL DEFAULT ''"),
+    ("not_before", "REAL"),
+    ("purged", "REAL"),
+)
 
 
 class JobStore:
@@ -65,6 +84,15 @@ class JobStore:
         self.timeout = timeout
         self._local = threading.local()
         self.connect().executescript(_SCHEMA)  # idempotent; its own transaction
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Add the columns of :data:`_ADDED` that an older store lacks (one transaction)."""
+        with self.transaction() as db:
+            have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+            for name, decl in _ADDED:
+                if name not in have:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {decl}")
 
     # -- connections -------------------------------------------------------------------------
 
@@ -106,9 +134,17 @@ class JobStore:
             db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE key = ?", (key,)).fetchone()
         )
 
-    def jobs(self, state: str | None = None, kind: str | None = None) -> list[Job]:
-        """Jobs, oldest first, optionally of one state and kind."""
+    def jobs(
+        self,
+        state: str | None = None,
+        kind: str | None = None,
+        *,
+        source_series_uid: str | None = None,
+    ) -> list[Job]:
+        """Jobs, oldest first, optionally of one state, kind and source series."""
         sql, args = f"SELECT {_COLUMNS} FROM jobs WHERE 1", []
+        if source_series_uid is not None:
+            sql, args = sql + " AND source_series_uid = ?", [source_series_uid]
         if state is not None:
             sql, args = sql + " AND state = ?", [*args, state]
         if kind is not None:
@@ -138,8 +174,11 @@ class JobStore:
         revision: int = 0,
         state: State = "queued",
         frames: int = 0,
+        calling_ae: str = "",
     ) -> Job:
-        """Add a job, or merge ``paths`` into an existing one (its state kept: done stays done)."""
+        """Add a job, or merge ``paths`` into an existing one (its state kept: done stays done).
+
+        ``calling_ae``: who sent the series (a node's job), shown by ``dicom-sr jobs``."""
         _check_state(state)
         paths = [str(p) for p in paths]
         now = time.time()
@@ -148,9 +187,10 @@ class JobStore:
             if row is None:
                 db.execute(
                     "INSERT INTO jobs (key, kind, state, study_uid, source_series_uid, config_hash,"
-                    " revision, paths, frames, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    " revision, paths, frames, created, updated, calling_ae)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                     (key, kind, state, study_uid, source_series_uid, config_hash, revision,
-                     json.dumps(sorted(set(paths))), frames, now, now),
+                     json.dumps(sorted(set(paths))), frames, now, now, calling_ae),
                 )  # fmt: skip
             elif paths:
                 merged = sorted(set(json.loads(row[0])) | set(paths))
@@ -259,6 +299,8 @@ class JobStore:
                 job = Job._from_row(row)
                 if job.state == "processing" and not job.lease_gone(now):
                     continue
+                if job.state == "queued" and job.not_before is not None and job.not_before > now:
+                    continue  # backing off after a transient failure
                 if job.state == "processing":
                     why = f"worker {job.lease_owner} died or stalled (attempt {job.attempts})"
                     job.error = job.error or why
@@ -273,7 +315,8 @@ class JobStore:
                     continue
                 db.execute(
                     "UPDATE jobs SET state = 'processing', lease_owner = ?, lease_expires = ?,"
-                    " attempts = attempts + 1, error = ?, updated = ? WHERE key = ?",
+                    " attempts = attempts + 1, error = ?, updated = ?, not_before = NULL"
+                    " WHERE key = ?",
                     (owner, now + lease_seconds, job.error, now, job.key),
                 )
                 job.state, job.lease_owner, job.lease_expires = (
@@ -296,16 +339,83 @@ class JobStore:
             )
             return cur.rowcount == 1
 
-    def release(self, key: str, owner: str, *, error: str | None = None) -> bool:
-        """Give a processing job back to the queue without finishing it (e.g. cancelled)."""
+    def release(
+        self,
+        key: str,
+        owner: str,
+        *,
+        error: str | None = None,
+        refund: bool = False,
+        retry_at: float | None = None,
+    ) -> bool:
+        """Give a processing job back to the queue without finishing it.
+
+        ``refund``: the stop was ours (the node stopping, a lost lease), so the attempt that
+        the claim counted is given back. ``retry_at``: not claimed again before this time (the
+        back-off after a transient failure)."""
         with self.transaction() as db:
             cur = db.execute(
                 "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires = NULL,"
-                " error = COALESCE(?, error), updated = ? WHERE key = ? AND lease_owner = ?"
+                " error = COALESCE(?, error), updated = ?, not_before = ?,"
+                " attempts = MAX(0, attempts - ?) WHERE key = ? AND lease_owner = ?"
                 " AND state = 'processing'",
-                (error, time.time(), key, owner),
+                (error, time.time(), retry_at, int(refund), key, owner),
             )
             return cur.rowcount == 1
+
+    def retry(self, keys: Iterable[str] | None = None, *, kind: str | None = None) -> list[str]:
+        """Queue failed jobs again with fresh attempts (``keys``, or every failed one of
+        ``kind``); returns the keys requeued. Other states are left alone."""
+        now = time.time()
+        done: list[str] = []
+        with self.transaction() as db:
+            if keys is None:
+                sql, args = "SELECT key FROM jobs WHERE state = 'failed'", []
+                if kind is not None:
+                    sql, args = sql + " AND kind = ?", [kind]
+                keys = [r[0] for r in db.execute(sql, args).fetchall()]
+            for key in keys:
+                cur = db.execute(
+                    "UPDATE jobs SET state = 'queued', attempts = 0, not_before = NULL,"
+                    " lease_owner = NULL, lease_expires = NULL, updated = ?"
+                    " WHERE key = ? AND state = 'failed'",
+                    (now, key),
+                )
+                if cur.rowcount:
+                    done.append(key)
+        return done
+
+    def forget(self, keys: Iterable[str]) -> list[str]:
+        """Delete the rows of these jobs (not while processing); returns the keys deleted.
+        Files are not touched: the spool and the outputs stay where they are."""
+        gone: list[str] = []
+        with self.transaction() as db:
+            for key in keys:
+                cur = db.execute("DELETE FROM jobs WHERE key = ? AND state != 'processing'", (key,))
+                if cur.rowcount:
+                    db.execute("DELETE FROM forwards WHERE key = ?", (key,))
+                    gone.append(key)
+        return gone
+
+    def mark_purged(self, key: str) -> None:
+        """Retention deleted this job's files; its row stays (``jobs`` still lists it)."""
+        with self.transaction() as db:
+            db.execute("UPDATE jobs SET purged = ? WHERE key = ?", (time.time(), key))
+
+    def reopen(self, key: str, paths: Iterable[str | os.PathLike[str]]) -> Job:
+        """A done or forwarded job gets more source files (late instances): back to queued,
+        its result kept (what was written and sent), fresh attempts."""
+        with self.transaction() as db:
+            job = self._get(db, key)
+            if job.state not in ("done", "forwarded"):
+                raise ValueError(f"{self.path}: job {key} is {job.state}, not done or forwarded")
+            merged = sorted(set(job.paths) | {str(p) for p in paths})
+            db.execute(
+                "UPDATE jobs SET state = 'queued', paths = ?, attempts = 0, error = '',"
+                " not_before = NULL, purged = NULL, updated = ? WHERE key = ?",
+                (json.dumps(merged), time.time(), key),
+            )
+        return self.get(key)  # type: ignore[return-value]
 
     def requeue_unfinished(
         self,

@@ -20,7 +20,14 @@ from pynetdicom import AE
 
 from dicom_sr.errors import Transient
 
-__all__ = ["Destination", "ForwardError", "parse_destination", "retry_delay", "send_instances"]
+__all__ = [
+    "Destination",
+    "ForwardError",
+    "client_ssl_context",
+    "parse_destination",
+    "retry_delay",
+    "send_instances",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +62,18 @@ def parse_destination(text: str) -> Destination:
     return Destination(m["ae"].strip(), m["host"].strip("[]"), int(m["port"]))
 
 
+def client_ssl_context(
+    ca: str | None = None, cert: str | None = None, key: str | None = None
+) -> ssl.SSLContext:
+    """A TLS client context for the destinations: the server is verified against ``ca`` (the
+    system's CAs without it) and its name checked; ``cert``/``key``: our client certificate."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert:
+        ctx.load_cert_chain(certfile=cert, keyfile=key)
+    return ctx
+
+
 def retry_delay(attempt: int, *, base: float, cap: float) -> float:
     """Seconds before retry number ``attempt`` (1, 2, ...): ``base * 2**(attempt-1)``, capped."""
     return min(cap, base * 2 ** max(0, attempt - 1))
@@ -79,6 +98,8 @@ def send_instances(
     done = set(already_sent)
     todo: list[tuple[Path, pydicom.Dataset]] = []
     for path in paths:
+        if Path(path).stem in done:  # named <SOPInstanceUID>.dcm: sent (and maybe deleted since)
+            continue
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         if str(ds.SOPInstanceUID) not in done:
             todo.append((Path(path), ds))
@@ -108,7 +129,9 @@ def send_instances(
             if code is None:
                 raise ForwardError(f"{dest}: no answer to C-STORE of {path.name}", sent)
             if code != 0x0000 and not 0xB000 <= code <= 0xBFFF:
-                raise ForwardError(f"{dest} refused {path.name}: status 0x{code:04X}", sent)
+                comment = getattr(status, "ErrorComment", "") or ""
+                why = f" ({comment})" if comment else ""
+                raise ForwardError(f"{dest} refused {path.name}: status 0x{code:04X}{why}", sent)
             sent.append(str(ds.SOPInstanceUID))
             if on_sent:
                 on_sent(str(ds.SOPInstanceUID))
