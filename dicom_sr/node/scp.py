@@ -252,12 +252,14 @@ class AssociationGate:
         try:
             why = self.closed()
             if why:
-                peer = event.assoc.requestor
+                assoc = event.assoc
+                calling = str(getattr(assoc.requestor.primitive, "calling_ae_title", "")).strip()
                 logger.warning(
-                    "association from %s@%s rejected: %s", peer.ae_title, peer.address, why
+                    "association from %s@%s rejected: %s", calling, assoc.requestor.address, why
                 )
-                event.assoc.acse.send_reject(0x02, 0x03, 0x02)
+                assoc.acse.send_reject(0x02, 0x03, 0x02)
                 self.on_rejected("disk_low")
+                assoc.kill()  # as pynetdicom does after its own rejections: the RJ goes out
         except Exception:  # noqa: BLE001
             logger.debug("association gate failed", exc_info=True)
 

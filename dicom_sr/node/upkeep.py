@@ -75,24 +75,33 @@ class Upkeep:
         return shutil.disk_usage(self.out_dir).free
 
     def low_reason(self, need: int = 0) -> str | None:
-        """Why a write of ``need`` bytes must not start now (below ``--min-free``), or None."""
+        """Why a write of ``need`` bytes must not start now (below ``--min-free``), or None.
+
+        Once refused, the disk counts as low until it has a tenth of ``--min-free`` (at least
+        1 MiB) more than that: stores and /health do not flap around the threshold."""
         if not self.min_free:
             return None
         free = self.disk_free()
-        if free - need >= self.min_free:
+        margin = max(self.min_free // 10, 1 << 20) if self.low else 0
+        if free - need >= self.min_free + margin:
             return None
-        return f"disk full: {format_size(free)} free, under --min-free {format_size(self.min_free)}"
+        low = f"disk full: {format_size(free)} free, under --min-free {format_size(self.min_free)}"
+        self._set_low(low)
+        return low
 
     def check(self) -> str | None:
         """Update :attr:`free` and :attr:`low`, logging each change; returns :attr:`low`."""
         self.free = self.disk_free()
-        low = self.low_reason()
+        if self.low_reason() is None:
+            self._set_low(None)
+        return self.low
+
+    def _set_low(self, low: str | None) -> None:
         if low and not self.low:
             logger.error("%s: refusing associations and stores, starting no series", low)
         elif self.low and not low:
             logger.warning("disk free again (%s): accepting stores", format_size(self.free))
         self.low = low
-        return low
 
     def spool_bytes(self) -> int:
         """Bytes under ``incoming/`` (what is received and not yet cleaned up)."""
