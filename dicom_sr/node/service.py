@@ -34,17 +34,16 @@ from dicom_sr.node.assembly import Arrivals, Assembly
 from dicom_sr.node.forward import Destination, retry_delay
 from dicom_sr.node.forwarder import Forwarder
 from dicom_sr.node.health import HealthServer, Metrics
+from dicom_sr.node.intake import KIND, Intake
 from dicom_sr.node.scp import AssociationGate, ScpOptions, StoreHandler, log_association, make_ae
 from dicom_sr.node.spool import Received, Spool
 from dicom_sr.node.upkeep import Upkeep
-from dicom_sr.node.workers import WorkerPool
-from dicom_sr.pipeline import derived_series_uid_for, identity_hash
+from dicom_sr.node.workers import WorkerPool, disk_full, merge_results
+from dicom_sr.pipeline import identity_hash
 
 __all__ = ["NodeOptions", "Node"]
 
 logger = logging.getLogger(__name__)
-
-KIND = "listen"
 
 
 @dataclass
@@ -108,6 +107,7 @@ class Node:
             retention=options.retention,
             forwarding=bool(options.forward),
         )
+        self.intake = Intake(self.store, self.spool, config, self.identity, self.upkeep)
         self._pool_broken = ""
         self._next_sweep = 0.0
         self._stopping = threading.Event()
@@ -241,119 +241,24 @@ class Node:
         self.assembly.arrived(got.study_uid, got.series_uid, got.path, calling)
 
     def _on_duplicate(self, got: Received) -> None:
-        """A resend of an instance already spooled: if its series failed, it goes through
-        assembly again and the failed job is queued again (a sender's retry is an operator's
-        retry); otherwise nothing changes."""
-        jobs = self.store.jobs(kind=KIND, source_series_uid=got.series_uid)
-        mine = [j for j in jobs if j.config_hash == self.identity]
-        latest = max(mine, key=lambda j: j.revision, default=None)
-        if latest is not None and latest.state == "failed":
+        if self.intake.failed_series(got.series_uid):  # a resend after a failure: again
             self.assembly.arrived(got.study_uid, got.series_uid, got.path, got.calling_ae)
 
     def _recover(self) -> None:
-        """Re-queue unfinished jobs; series still being received and spooled instances that
-        never became a job wait for their series timeout again; done jobs owe any new
-        destination; jobs that used up their attempts in crashes are failed."""
+        """Re-queue unfinished jobs and assemble again what never became a queued job
+        (:meth:`Intake.recover`); done jobs owe any destination added since; jobs that used up
+        their attempts in crashes are failed."""
         n = self.store.requeue_unfinished(KIND)
         if n:
             logger.info("re-queued %d unfinished job(s) of the last run", n)
-        known: dict[str, set[str]] = {}
-        waiting = 0
-        for job in self.store.jobs(kind=KIND):
-            known.setdefault(job.source_series_uid, set()).update(job.paths)
+        for job in self.intake.recover(self.assembly):
             if job.state == "done" and self.options.forward:
                 self.forwarder.forwards.open_missing(job.key, self.forwarder.names)
             if job.state == "queued" and job.attempts >= self.options.max_attempts:
                 self._fail(job, f"gave up after {job.attempts} attempts: {job.error or '?'}")
-            if job.state != "received":
-                continue
-            if job.config_hash != self.identity:
-                self.store.set_state(
-                    job.key, "failed", error="received under another pipeline; assembled again"
-                )
-            for path in map(Path, job.paths):  # its series timeout starts again
-                if path.is_file():
-                    self.assembly.arrived(
-                        job.study_uid, job.source_series_uid, path, job.calling_ae
-                    )
-                    waiting += 1
-        for study, series, paths in self.spool.series():
-            for path in paths:
-                if str(path) not in known.get(series, set()):
-                    self.assembly.arrived(study, series, path)
-                    waiting += 1
-        if waiting:
-            logger.info("%d spooled instance(s) not yet in a queued job: assembling again", waiting)
 
     def _record(self, arrivals: Arrivals, state: Literal["received", "queued"]) -> None:
-        """Put a series' new instances in the job store: while it is still arriving as a
-        *received* job, once quiet as a *queued* one. They join the series' latest job if that
-        has not started, or re-queue it if it failed. Instances that come after the series was
-        processed (late instances) join the same derived series, upscaled by the model saved
-        for it; without that model they make a new revision with every instance so far."""
-        series = arrivals.series_uid
-        jobs = self.store.jobs(kind=KIND, source_series_uid=series)
-        mine = [j for j in jobs if j.config_hash == self.identity]
-        latest = max(mine, key=lambda j: j.revision, default=None)
-        tag = series[-8:]
-        if latest is not None and latest.state in ("received", "queued"):
-            self.store.add_paths(latest.key, arrivals.paths)
-            if state == "queued" and latest.state == "received":
-                job = self.store.set_state(latest.key, "queued")
-                rev = f" revision {job.revision}" if job.revision else ""
-                logger.info(
-                    "series ..%s: complete, %d instance(s) queued%s", tag, len(job.paths), rev
-                )
-            return
-        if latest is not None and latest.state == "failed":
-            if state == "queued":
-                self.store.add_paths(latest.key, arrivals.paths)
-                self.store.retry([latest.key])
-                logger.info("series ..%s: sent again after it failed; queued again", tag)
-            return
-        new = {str(p) for p in arrivals.paths} - set(latest.paths if latest else ())
-        if latest is not None and not new:
-            return  # nothing new (a resend of what was processed)
-        if latest is not None and latest.state == "processing":
-            return  # joins once that attempt ends: the next quiet period records it
-        if latest is not None and self._model_kept(latest):
-            if state == "queued":
-                self.store.reopen(latest.key, sorted(new))
-                logger.info(
-                    "series ..%s: %d late instance(s) join derived ..%s (its saved model)",
-                    tag, len(new), latest.key[-8:],
-                )  # fmt: skip
-            return
-        if latest is not None and state == "queued":
-            logger.warning(
-                "series ..%s: %d late instance(s) but the model of derived ..%s is gone: "
-                "a new revision of the whole series",
-                tag, len(new), latest.key[-8:],
-            )  # fmt: skip
-        revision = 0 if latest is None else latest.revision + 1
-        folder = self.spool.root / arrivals.study_uid / series
-        paths = sorted({*map(str, folder.glob("*.dcm")), *map(str, arrivals.paths)})
-        key = derived_series_uid_for(series, self.config, revision)
-        self.store.add(
-            key,
-            kind=KIND,
-            study_uid=arrivals.study_uid,
-            source_series_uid=series,
-            config_hash=self.identity,
-            paths=paths,
-            revision=revision,
-            state=state,
-            calling_ae=arrivals.calling_ae,
-        )
-        rev = f" revision {revision}" if revision else ""
-        if state == "received":
-            logger.info("series ..%s: receiving%s", tag, rev)
-        else:
-            logger.info("series ..%s: complete, %d instance(s) queued%s", tag, len(paths), rev)
-
-    def _model_kept(self, job: Job) -> bool:
-        """The model a done job was processed with is still on disk (late instances)."""
-        return job.purged is None and self.upkeep.model_path(job.key).is_file()
+        self.intake.record(arrivals, state)
 
     # -- scheduling ----------------------------------------------------------------------------
 
@@ -451,13 +356,13 @@ class Node:
             self.store.release(job.key, self.owner, error="cancelled: node stopping", refund=True)
             return
         self.metrics.processing_seconds.observe(seconds)
-        if status in ("done", "partial") and _disk_full(result):
+        if status in ("done", "partial") and disk_full(result):
             self._failed(job, TRANSIENT, "disk full while writing outputs")
             return
         if status not in ("done", "partial"):
             self._failed(job, result.get("kind", PERMANENT), result.get("reason") or "failed")
             return
-        result = _merge(job.result, result)
+        result = merge_results(job.result, result)
         failed = result.get("failed") or []
         error = "; ".join(f"{f['path']}: {f['reason']}" for f in failed)
         self.store.set_state(
@@ -558,22 +463,6 @@ class Node:
             "forward_backlog": {d: n for d, (n, _) in backlog.items()},
             "disk_free": self.upkeep.free,
         }
-
-
-def _merge(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
-    """A late instances' result joined to the job's earlier one (outputs and sources add up)."""
-    if not old:
-        return new
-    out = dict(new)
-    for key in ("written", "already_done", "sources"):
-        out[key] = sorted({*old.get(key, []), *new.get(key, [])})
-    out["frames"] = int(old.get("frames", 0)) + int(new.get("frames", 0))
-    return out
-
-
-def _disk_full(result: dict[str, Any]) -> bool:
-    """Some instance failed for want of disk space (worth another attempt later)."""
-    return any("errno 28" in f["reason"] or "errno 122" in f["reason"] for f in result["failed"])
 
 
 def _counts_text(counts: dict[str, int]) -> str:

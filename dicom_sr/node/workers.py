@@ -22,7 +22,7 @@ from dicom_sr.config import PipelineConfig
 from dicom_sr.errors import PERMANENT, Cancelled, classify, describe
 from dicom_sr.logs import route_warnings
 
-__all__ = ["LOG_FORMAT", "WorkerPool", "run_series_job"]
+__all__ = ["LOG_FORMAT", "WorkerPool", "disk_full", "merge_results", "run_series_job"]
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +152,22 @@ def run_series_job(
         else:
             logger.warning("derived ..%s failed (%s): %s", tag, kind, describe(exc))
         return {"status": "failed", "kind": kind, "reason": describe(exc)}
+
+
+def merge_results(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """A late instances' result joined to the job's earlier one (outputs and sources add up)."""
+    if not old:
+        return new
+    out = dict(new)
+    for key in ("written", "already_done", "sources"):
+        out[key] = sorted({*old.get(key, []), *new.get(key, [])})
+    out["frames"] = int(old.get("frames", 0)) + int(new.get("frames", 0))
+    return out
+
+
+def disk_full(result: dict[str, Any]) -> bool:
+    """Some instance failed for want of disk space (worth another attempt later)."""
+    return any("errno 28" in f["reason"] or "errno 122" in f["reason"] for f in result["failed"])
 
 
 class WorkerPool:
