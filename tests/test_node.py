@@ -331,6 +331,70 @@ def test_tls_association_with_client_certificates(tmp_path, tls_files):
         server.shutdown()
 
 
+@pytest.mark.network
+def test_forward_over_tls_with_a_client_certificate(tmp_path, tls_files):
+    from dicom_sr.node.forward import ForwardError, client_ssl_context
+
+    cert, key = tls_files
+    received = []
+    server = make_ae(ScpOptions()).start_server(
+        ("127.0.0.1", 0),
+        block=False,
+        evt_handlers=[(evt.EVT_C_STORE, StoreHandler(Spool(tmp_path / "pacs"), received.append))],
+        ssl_context=server_ssl_context(str(cert), str(key), str(cert)),  # client certs required
+    )
+    dest = Destination("DICOMSR", "127.0.0.1", server.server_address[1])
+    files = []
+    for k in range(2):
+        ds = pydicom.dcmread(us_file("color-px.dcm"))
+        ds.SOPInstanceUID = generate_uid()
+        files.append(_explicit_little(ds, tmp_path / f"{k}.dcm"))
+    try:
+        ctx = client_ssl_context(str(cert), str(cert), str(key))
+        sent = send_instances(files[:1], dest, calling_ae="DICOMSR", ssl_context=ctx)
+        assert sent == [pydicom.dcmread(files[0]).SOPInstanceUID]
+        assert [r.sop_uid for r in received] == sent
+        with pytest.raises(ForwardError, match="association"):  # no client certificate
+            send_instances(
+                files[1:], dest, calling_ae="DICOMSR", ssl_context=client_ssl_context(str(cert))
+            )
+        with pytest.raises(ForwardError, match="association"):  # no TLS at all
+            send_instances(files[1:], dest, calling_ae="DICOMSR")
+        assert len(received) == 1
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.network
+def test_forward_decodes_for_a_peer_that_takes_no_compressed_syntax(tmp_path):
+    received = []
+
+    def store(event):
+        received.append(event.dataset)
+        return 0x0000
+
+    ae = AE(ae_title="PLAINPACS")
+    for sop_class in sorted(US_SOP_CLASSES):
+        ae.add_supported_context(sop_class, [ExplicitVRLittleEndian])
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, store)])
+    ds = pydicom.dcmread(us_file("US1_UNCR.dcm"))
+    ds.SOPInstanceUID = generate_uid()
+    ds.compress(JPEGLSLossless)
+    path = tmp_path / "jpegls.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    try:
+        dest = Destination("PLAINPACS", "127.0.0.1", server.server_address[1])
+        assert send_instances([path], dest, calling_ae="DICOMSR") == [ds.SOPInstanceUID]
+    finally:
+        server.shutdown()
+    (got,) = received
+    got.file_meta = pydicom.dataset.FileMetaDataset()
+    got.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    np.testing.assert_array_equal(
+        got.pixel_array, pydicom.dcmread(us_file("US1_UNCR.dcm")).pixel_array
+    )
+
+
 def test_a_job_queued_under_another_pipeline_is_queued_again_under_the_nodes(tmp_path):
     from dicom_sr.config import load_pipeline
     from dicom_sr.jobs import JobStore

@@ -297,3 +297,74 @@ def test_health_and_metrics_listen_on_localhost_by_default(tmp_path, peers):
     wait_for(lambda: "health and metrics on http://127.0.0.1:" in node.log.read_text(), 30, "log")
     assert http(health, "/health")[0] == 200
     assert node.stop() == 0
+
+
+class OrthancPeer:
+    """Orthanc as the destination PACS (REST on 127.0.0.1 to see what it stored)."""
+
+    def __init__(self, folder: Path, dicom_port: int):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.http_port, self.dicom_port = free_port(), dicom_port
+        config = {
+            "Name": "dicom-sr-test",
+            "StorageDirectory": str(folder / "storage"),
+            "IndexDirectory": str(folder / "index"),
+            "HttpPort": self.http_port,
+            "DicomPort": dicom_port,
+            "DicomAet": "ORTHANC",
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomCheckCalledAet": False,
+            "Plugins": [],
+        }
+        (folder / "orthanc.json").write_text(json.dumps(config))
+        self.proc = subprocess.Popen(
+            [ORTHANC, str(folder / "orthanc.json")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for(lambda: self.get("/system") is not None, 60, "Orthanc to start")
+
+    def get(self, path: str):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=5) as r:
+                return json.load(r)
+        except OSError:
+            return None
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+ORTHANC = "/usr/sbin/Orthanc"
+
+
+@pytest.mark.skipif(not Path(ORTHANC).exists(), reason="Orthanc not installed")
+def test_orthanc_down_then_up_gets_the_series_once_after_jobs_retry_forward(tmp_path, peers):
+    port = free_port()
+    node = Node(
+        tmp_path / "node", "--forward", f"ORTHANC@127.0.0.1:{port}",
+        "--forward-retry", "0.5", "--forward-retry-max", "3600",
+    ).start()  # fmt: skip
+    peers.append(node)
+    study = make_study(tmp_path / "study", 2)
+    storescu(node, *study)
+    wait_for(
+        lambda: any(j.forward_attempts >= 2 for j in node.jobs()), 120, "failed forwards", node.log
+    )
+    orthanc = OrthancPeer(tmp_path / "orthanc", port)
+    try:
+        res = jobs_cli("retry", "--out", str(node.out), "--forward", "--json")
+        assert res.returncode == 0 and json.loads(res.stdout)["forwards_now"] == 1
+        wait_for(lambda: {j.state for j in node.jobs()} == {"forwarded"}, 60, "sent", node.log)
+        instances = orthanc.get("/instances")
+        assert len(instances) == 2 and len(orthanc.get("/series")) == 1
+        src = pydicom.dcmread(study[0], stop_before_pixels=True)
+        for iid in instances:
+            tags = orthanc.get(f"/instances/{iid}/simplified-tags")
+            assert int(tags["Rows"]) == 2 * src.Rows
+            assert tags["StudyInstanceUID"] == src.StudyInstanceUID
+        assert node.stop() == 0
+    finally:
+        orthanc.stop()

@@ -1,7 +1,9 @@
 """Send derived series on (``--forward AE@HOST:PORT``) as a C-STORE SCU, with back-off.
 
 One association per attempt carries every instance not yet acknowledged; an instance the peer
-acknowledged is never sent again, so a retry after a partial failure sends only the rest.
+acknowledged is never sent again, so a retry after a partial failure sends only the rest. A
+file is sent as stored when the peer accepts its transfer syntax, and decoded (lossless
+compression only: nothing changes in the pixels) when the peer accepts it uncompressed only.
 """
 
 from __future__ import annotations
@@ -79,6 +81,25 @@ def retry_delay(attempt: int, *, base: float, cap: float) -> float:
     return min(cap, base * 2 ** max(0, attempt - 1))
 
 
+def _as_accepted(assoc, path: Path, ds: pydicom.Dataset) -> Path | pydicom.Dataset:
+    """The file itself when the peer accepted its transfer syntax (sent as stored, never
+    decoded); otherwise it decoded, for an uncompressed context (as ``dcmsend`` does with a
+    lossless file that a peer does not take compressed)."""
+    syntax = str(ds.file_meta.TransferSyntaxUID)
+    sop_class = str(ds.SOPClassUID)
+    accepted = {
+        str(cx.transfer_syntax[0])
+        for cx in assoc.accepted_contexts
+        if str(cx.abstract_syntax) == sop_class
+    }
+    if syntax in accepted or not accepted:
+        return path  # (none accepted: pynetdicom's own error names the SOP class)
+    full = pydicom.dcmread(path)
+    full.decompress()
+    logger.debug("%s: peer does not accept %s; sent decoded", path.name, syntax)
+    return full
+
+
 def send_instances(
     paths: Iterable[str | os.PathLike[str]],
     dest: Destination,
@@ -124,7 +145,7 @@ def send_instances(
         raise ForwardError(f"association with {dest} failed ({why})", sent)
     try:
         for path, ds in todo:
-            status = assoc.send_c_store(path)  # sent from the file, never decoded
+            status = assoc.send_c_store(_as_accepted(assoc, path, ds))
             code = getattr(status, "Status", None)
             if code is None:
                 raise ForwardError(f"{dest}: no answer to C-STORE of {path.name}", sent)

@@ -4,8 +4,8 @@ Below ``--min-free`` free bytes on the disk of ``--out``, the node refuses new a
 answers C-STORE with 0xA700 (and an ErrorComment) *before* writing anything, and starts no new
 series, so that nothing it acknowledged can be lost to a full disk. ``--retention`` deletes the
 spooled inputs, derived files and saved model of jobs that are finished (forwarded to every
-destination; done, when there is none) once they are older than that; their rows stay, so
-``dicom-sr jobs`` still lists them.
+destination; done, when there is none) once they are older than that, and quarantined files
+as old; the jobs' rows stay, so ``dicom-sr jobs`` still lists them.
 """
 
 from __future__ import annotations
@@ -128,6 +128,15 @@ class Upkeep:
                     n += 1
         if n:
             logger.info("retention: deleted the files of %d finished job(s)", n)
+        old = [
+            p
+            for p in (self.out_dir / "quarantine").glob("*")
+            if p.is_file() and p.stat().st_mtime < now - self.retention
+        ]
+        for path in old:  # refused data sets and their notes: kept as long as the rest
+            path.unlink(missing_ok=True)
+        if old:
+            logger.info("retention: deleted %d quarantined file(s)", len(old))
         return n
 
     def _purge(self, job: Job) -> None:
