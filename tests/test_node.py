@@ -503,3 +503,20 @@ def test_other_transfer_syntaxes_are_spooled_as_sent(scp, syntax, name):
     back = pydicom.dcmread(got.path)
     assert back.file_meta.TransferSyntaxUID == syntax
     np.testing.assert_array_equal(back.pixel_array, pydicom.dcmread(us_file(name)).pixel_array)
+
+
+def test_worker_failures_are_classified_and_a_bug_logs_its_traceback_at_error(tmp_path, caplog):
+    from dicom_sr.config import load_pipeline
+    from dicom_sr.node.workers import run_series_job
+
+    config = load_pipeline("bmode-default", {"engine.method": "bicubic"})
+    src = str(us_file("color-px.dcm"))
+    with caplog.at_level("ERROR", logger="dicom_sr.node.workers"):
+        bug = run_series_job("1.2.3", [src], None, str(tmp_path), 0)  # a bug of ours: no config
+    assert bug["status"] == "failed" and bug["kind"] == "permanent"
+    (record,) = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert record.exc_info and "AttributeError" in bug["reason"]
+    gone = run_series_job("1.2.3", [src], config, str(tmp_path), 0, str(tmp_path / "no.pt"), True)
+    assert gone["kind"] == "transient"  # the saved model could not be read: I/O, try again
+    empty = run_series_job("1.2.3", [str(tmp_path / "missing.dcm")], config, str(tmp_path), 0)
+    assert empty["kind"] == "permanent" and "0 series in the job" in empty["reason"]
