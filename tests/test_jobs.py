@@ -362,3 +362,20 @@ def test_durations_and_sizes():
             parse_duration(bad)
     with pytest.raises(ValueError, match="is not a size"):
         parse_size("lots")
+
+
+def test_a_destination_taken_out_does_not_hold_a_job_back(tmp_path):
+    from dicom_sr.jobs import Forwards
+
+    store = JobStore(tmp_path)
+    fw = Forwards(store)
+    _add(store, "k", kind="listen")
+    store.set_state("k", "done")
+    fw.open("k", ["OLD@h:1", "NEW@h:2"])
+    assert fw.sent("k", "NEW@h:2", ["1"], ["NEW@h:2"]) is True  # OLD is no longer configured
+    assert store.get("k").state == "forwarded"
+    _add(store, "j", kind="listen")
+    store.set_state("j", "done")
+    fw.open("j", ["OLD@h:1"])
+    assert fw.settle("j", ["NEW@h:2"]) is True  # on start, under the new configuration
+    assert fw.settle("k", []) is False

@@ -349,7 +349,8 @@ def test_orthanc_down_then_up_gets_the_series_once_after_jobs_retry_forward(tmp_
         f"ORTHANC@127.0.0.1:{port}",
         "--forward-retry",
         "3600",
-    ).start()  # fmt: skip: the next try is an hour away unless the operator says "now"
+    ).start()  # fmt: skip
+    # (--forward-retry 3600: the next try is an hour away unless the operator says "now")
     peers.append(node)
     study = make_study(tmp_path / "study", 2)
     storescu(node, *study)

@@ -91,7 +91,7 @@ def jobs(
     ctx: click.Context, out_dir: str | None, as_json: bool, state: str | None, kind: str | None
 ) -> None:
     """List the jobs in OUT/jobs.sqlite3: one row per series with its source, sender, state,
-    attempts, last error and destinations. ``retry`` and ``forget`` change them."""
+    attempts, last error and destinations. The commands retry and forget change them."""
     ctx.ensure_object(dict)
     ctx.obj["out_dir"] = out_dir
     if ctx.invoked_subcommand is not None:

@@ -113,27 +113,45 @@ class Forwards:
         n = len(_COLUMNS.split(", "))
         return [(Job._from_row(r[:n]), Forward._from_row(r[n:])) for r in rows]
 
-    def sent(self, key: str, destination: str, uids: Iterable[str]) -> bool:
-        """Everything was acknowledged by ``destination``; True when the job is now forwarded
-        (no pending row left), which this also records."""
-        now = time.time()
+    def sent(
+        self,
+        key: str,
+        destination: str,
+        uids: Iterable[str],
+        destinations: Sequence[str] | None = None,
+    ) -> bool:
+        """Everything was acknowledged by ``destination``; True when the job is now forwarded,
+        which this also records (see :meth:`settle`)."""
         with self.store.transaction() as db:
             db.execute(
                 "UPDATE forwards SET state = 'sent', sent = ?, error = '', next_at = NULL,"
                 " updated = ? WHERE key = ? AND destination = ?",
-                (json.dumps(sorted(set(uids))), now, key, destination),
+                (json.dumps(sorted(set(uids))), time.time(), key, destination),
             )
-            left = db.execute(
-                "SELECT COUNT(*) FROM forwards WHERE key = ? AND state = 'pending'", (key,)
-            ).fetchone()[0]
-            if left:
-                return False
-            cur = db.execute(
-                "UPDATE jobs SET state = 'forwarded', forward_error = '', next_forward_at = NULL,"
-                " updated = ? WHERE key = ? AND state = 'done'",
-                (now, key),
-            )
-            return cur.rowcount == 1
+            return self._settle(db, key, destinations)
+
+    def settle(self, key: str, destinations: Sequence[str] | None = None) -> bool:
+        """Mark a done job forwarded when no row of ``destinations`` (default: any) is pending,
+        e.g. after a destination was taken out of the configuration; True if it was."""
+        with self.store.transaction() as db:
+            return self._settle(db, key, destinations)
+
+    @staticmethod
+    def _settle(db, key: str, destinations: Sequence[str] | None) -> bool:
+        sql, args = "SELECT COUNT(*) FROM forwards WHERE key = ? AND state = 'pending'", [key]
+        if destinations is not None:
+            sql += f" AND destination IN ({_marks(destinations)})"
+            args += list(destinations)
+        if destinations is not None and not destinations:
+            return False  # no destination: done is final, never "forwarded"
+        if db.execute(sql, args).fetchone()[0]:
+            return False
+        cur = db.execute(
+            "UPDATE jobs SET state = 'forwarded', forward_error = '', next_forward_at = NULL,"
+            " updated = ? WHERE key = ? AND state = 'done'",
+            (time.time(), key),
+        )
+        return cur.rowcount == 1
 
     def failed(
         self, key: str, destination: str, error: str, retry_at: float, uids: Iterable[str]

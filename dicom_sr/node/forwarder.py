@@ -116,7 +116,7 @@ class Forwarder:
                 tag, dest, why, row.attempts + 1, delay,
             )  # fmt: skip
             return False
-        forwarded = self.forwards.sent(job.key, row.destination, sent)
+        forwarded = self.forwards.sent(job.key, row.destination, sent, self.names)
         if self.failing.pop(row.destination, None) is not None:
             logger.info("forwarding to %s works again", dest)
         new = len(sent) - len(row.sent)

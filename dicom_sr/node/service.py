@@ -252,8 +252,9 @@ class Node:
         if n:
             logger.info("re-queued %d unfinished job(s) of the last run", n)
         for job in self.intake.recover(self.assembly):
-            if job.state == "done" and self.options.forward:
+            if job.state == "done" and self.options.forward:  # destinations may have changed
                 self.forwarder.forwards.open_missing(job.key, self.forwarder.names)
+                self.forwarder.forwards.settle(job.key, self.forwarder.names)
             if job.state == "queued" and job.attempts >= self.options.max_attempts:
                 self._fail(job, f"gave up after {job.attempts} attempts: {job.error or '?'}")
 
