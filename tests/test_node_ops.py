@@ -105,7 +105,7 @@ def test_failed_series_comes_back_with_jobs_retry_or_a_resend(tmp_path, peers):
     first, second = make_study(tmp_path / "a", 1), make_study(tmp_path / "b", 1)
     storescu(node, *first, *second)
     wait_for(lambda: [j.state for j in node.jobs()] == ["failed"] * 2, 120, "failures", node.log)
-    assert metric(health, "dicomsr_series_failed_total") == 2.0
+    wait_for(lambda: metric(health, "dicomsr_series_failed_total") == 2.0, 10, "the counter")
     assert "failed:" in node.log.read_text() and "ERROR" in node.log.read_text()
     (out / "derived").unlink()  # the operator fixes the disk ...
 
@@ -149,7 +149,8 @@ def test_two_destinations_one_down_each_gets_every_series_once(tmp_path, peers):
     wait_for(lambda: len(up.received()) == 2, 120, "the destination that is up", node.log)
     backlog = f'dicomsr_forward_backlog{{destination="{down_dest}"}}'
     wait_for(lambda: metric(health, backlog) == 2.0, 60, "the backlog", node.log)
-    assert metric(health, f'dicomsr_forward_backlog{{destination="{up.dest}"}}') == 0.0
+    up_backlog = f'dicomsr_forward_backlog{{destination="{up.dest}"}}'
+    wait_for(lambda: metric(health, up_backlog) == 0.0, 30, "no backlog where it is up")
     wait_for(lambda: http(health, "/health")[0] == 503, 60, "health 503", node.log)
     reasons = json.loads(http(health, "/health")[1])["problems"]
     assert [(p["reason"], p["destination"]) for p in reasons] == [("forward_failing", down_dest)]
@@ -162,8 +163,8 @@ def test_two_destinations_one_down_each_gets_every_series_once(tmp_path, peers):
     wait_for(lambda: {j.state for j in node.jobs()} == {"forwarded"}, 60, "both sent", node.log)
     assert "SIGHUP received" in node.log.read_text()
     wait_for(lambda: http(health, "/health")[0] == 200, 30, "health 200", node.log)
-    assert metric(health, backlog) == 0.0
-    assert metric(health, "dicomsr_forward_oldest_seconds") == 0.0
+    wait_for(lambda: metric(health, backlog) == 0.0, 30, "the backlog to fall")
+    wait_for(lambda: metric(health, "dicomsr_forward_oldest_seconds") == 0.0, 30, "oldest 0")
     assert metric(health, f'dicomsr_forward_failures_total{{destination="{down_dest}"}}') >= 1
     for peer in (up, down):
         got = peer.received()
@@ -252,7 +253,8 @@ def test_min_free_answers_a700_before_any_write_fails_and_loses_nothing(
     status, body = http(health, "/health")
     assert status == 503 and json.loads(body)["problems"][0]["reason"] == "disk_low"
     wait_for(lambda: metric(health, "dicomsr_disk_low") == 1.0, 10, "the disk_low gauge")
-    assert metric(health, 'dicomsr_associations_rejected_total{reason="disk_low"}') == 1.0
+    rejected = 'dicomsr_associations_rejected_total{reason="disk_low"}'
+    wait_for(lambda: metric(health, rejected) == 1.0, 10, "the rejection counted")
     assert metric(health, 'dicomsr_instances_refused_total{status="0xA700"}') == 1.0
 
     filler.unlink()  # space again: the node takes stores again
