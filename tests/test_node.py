@@ -520,3 +520,38 @@ def test_worker_failures_are_classified_and_a_bug_logs_its_traceback_at_error(tm
     assert gone["kind"] == "transient"  # the saved model could not be read: I/O, try again
     empty = run_series_job("1.2.3", [str(tmp_path / "missing.dcm")], config, str(tmp_path), 0)
     assert empty["kind"] == "permanent" and "0 series in the job" in empty["reason"]
+
+
+def test_a_lost_lease_drops_the_result_and_a_stop_uses_no_attempt(tmp_path):
+    from concurrent.futures import Future
+
+    from dicom_sr.config import load_pipeline
+    from dicom_sr.jobs import JobStore
+    from dicom_sr.node.service import Node, NodeOptions
+
+    config = load_pipeline("bmode-default", {"engine.method": "bicubic"})
+    node = Node(NodeOptions(out_dir=tmp_path), config)
+    store = JobStore(tmp_path)
+    for key in ("1.2.3.1", "1.2.3.2"):
+        store.add(key, kind="listen", study_uid="1.2", source_series_uid=key,
+                  config_hash=node.identity, paths=["/spool/a.dcm"])  # fmt: skip
+    futures = {}
+
+    def submit(key, *args):
+        futures[key] = Future()
+        return futures[key]
+
+    node.pool = SimpleNamespace(submit=submit)
+    node._dispatch()
+    assert sorted(futures) == ["1.2.3.1"]  # one worker
+    store.connect().execute("UPDATE jobs SET lease_owner = 'other' WHERE key = '1.2.3.1'")
+    node._renew()
+    futures["1.2.3.1"].set_result({"status": "done", "frames": 1, "failed": []})
+    node._collect()
+    job = store.get("1.2.3.1")
+    assert (job.state, job.lease_owner) == ("processing", "other")  # left to its new owner
+    node._dispatch()
+    futures["1.2.3.2"].set_result({"status": "cancelled", "reason": "cancelled"})
+    node._collect()
+    job = store.get("1.2.3.2")
+    assert (job.state, job.attempts) == ("queued", 0)  # our own stop: no attempt used

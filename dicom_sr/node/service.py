@@ -112,6 +112,7 @@ class Node:
         self._next_sweep = 0.0
         self._stopping = threading.Event()
         self._running: dict[str, tuple[Future, Job, float]] = {}
+        self._lost: set[str] = set()  # jobs in hand whose lease another owner took
         self._jobs_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.pool: WorkerPool | None = None
@@ -324,9 +325,16 @@ class Node:
                 self._running[job.key] = (future, job, time.monotonic())
 
     def _renew(self) -> None:
+        """Extend the leases of the series in hand; a lease lost (the node stalled past it and
+        another owner took the job) means the result is no longer ours to record."""
         with self._jobs_lock:
             for key in list(self._running):
-                self.store.renew(key, self.owner, self.options.lease_seconds)
+                if not self.store.renew(key, self.owner, self.options.lease_seconds):
+                    if key not in self._lost:
+                        logger.warning(
+                            "derived ..%s: lease lost; its result will be dropped", key[-8:]
+                        )
+                    self._lost.add(key)
 
     def _collect(self, wait: float = 0.0) -> None:
         deadline = time.monotonic() + wait
@@ -343,6 +351,10 @@ class Node:
 
     def _finish(self, job: Job, future: Future, seconds: float) -> None:
         tag = job.source_series_uid[-8:]
+        if job.key in self._lost:  # cancelled for us: another owner has it, no attempt used
+            self._lost.discard(job.key)
+            logger.info("series ..%s: lease lost; left to its new owner", tag)
+            return
         try:
             result = future.result()
         except BrokenProcessPool as exc:
