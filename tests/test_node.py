@@ -555,3 +555,43 @@ def test_a_lost_lease_drops_the_result_and_a_stop_uses_no_attempt(tmp_path):
     node._collect()
     job = store.get("1.2.3.2")
     assert (job.state, job.attempts) == ("queued", 0)  # our own stop: no attempt used
+
+
+@pytest.mark.slow  # three CycleGAN trainings: about 4 minutes on a loaded 2-core machine
+def test_a_late_instance_is_upscaled_by_the_model_saved_for_its_series(tmp_path):
+    """The worker saves the series' learned model; a late instance is upscaled by it (same
+    pixels as with that model, not those of a model trained afresh), into the same series."""
+    from dicom_sr.config import load_pipeline
+    from dicom_sr.dicom.discover import discover
+    from dicom_sr.engine import load_weights
+    from dicom_sr.node.workers import run_series_job
+    from dicom_sr.pipeline import derived_series_uid_for, process_series
+
+    config = load_pipeline(
+        "bmode-default",
+        {"engine.iterations": 8, "engine.ensemble": 1, "engine.cine_ensemble": "same",
+         "engine.seed": 1},
+    )  # fmt: skip
+    series_uid, paths = generate_uid(), []
+    for k in range(3):
+        ds = pydicom.dcmread(us_file("examples_rgb_color.dcm"))
+        ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.InstanceNumber = series_uid, generate_uid(), k
+        paths.append(_explicit_little(ds, tmp_path / f"{k}.dcm"))
+    key = derived_series_uid_for(series_uid, config)
+    out, model = tmp_path / "derived", tmp_path / "models" / f"{key}.pt"
+    model.parent.mkdir()
+    first = run_series_job(key, list(map(str, paths[:2])), config, str(out), 0, str(model))
+    assert first["status"] == "done" and load_weights(model).generator_state is not None
+    late = run_series_job(key, [str(paths[2])], config, str(out), 0, str(model), True)
+    assert late["status"] == "done" and late["train_seconds"] == 0.0  # nothing trained
+    got = pydicom.dcmread(late["written"][0])
+    firsts = [pydicom.dcmread(p) for p in first["written"]]
+    assert got.SeriesInstanceUID == key == firsts[0].SeriesInstanceUID
+    assert got.SOPInstanceUID not in {d.SOPInstanceUID for d in firsts}
+    (late_series,) = discover([paths[2]]).series
+    with_model = process_series(late_series, config, tmp_path / "a", model=load_weights(model))
+    afresh = process_series(late_series, config, tmp_path / "b")  # trained on it alone
+    same = pydicom.dcmread(with_model.instances[0].output).pixel_array
+    other = pydicom.dcmread(afresh.instances[0].output).pixel_array
+    np.testing.assert_array_equal(got.pixel_array, same)
+    assert not np.array_equal(got.pixel_array, other)
