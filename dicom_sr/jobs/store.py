@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dicom_sr.jobs.model import _COLUMNS, _NEXT, STATES, Job, Kind, State, _check_state
+from dicom_sr.jobs.verbs import OperatorVerbs
 
 __all__ = ["STORE_NAME", "JobStore"]
 
@@ -70,7 +71,7 @@ _ADDED = (
 )
 
 
-class JobStore:
+class JobStore(OperatorVerbs):
     """The job store of one output folder: ``JobStore(out_dir)`` opens or creates it.
 
     Safe to share between threads (one connection per thread) and to open from several
@@ -363,60 +364,6 @@ class JobStore:
             )
             return cur.rowcount == 1
 
-    def retry(self, keys: Iterable[str] | None = None, *, kind: str | None = None) -> list[str]:
-        """Queue failed jobs again with fresh attempts (``keys``, or every failed one of
-        ``kind``); returns the keys requeued. Other states are left alone."""
-        now = time.time()
-        done: list[str] = []
-        with self.transaction() as db:
-            if keys is None:
-                sql, args = "SELECT key FROM jobs WHERE state = 'failed'", []
-                if kind is not None:
-                    sql, args = sql + " AND kind = ?", [kind]
-                keys = [r[0] for r in db.execute(sql, args).fetchall()]
-            for key in keys:
-                cur = db.execute(
-                    "UPDATE jobs SET state = 'queued', attempts = 0, not_before = NULL,"
-                    " lease_owner = NULL, lease_expires = NULL, updated = ?"
-                    " WHERE key = ? AND state = 'failed'",
-                    (now, key),
-                )
-                if cur.rowcount:
-                    done.append(key)
-        return done
-
-    def forget(self, keys: Iterable[str]) -> list[str]:
-        """Delete the rows of these jobs (not while processing); returns the keys deleted.
-        Files are not touched: the spool and the outputs stay where they are."""
-        gone: list[str] = []
-        with self.transaction() as db:
-            for key in keys:
-                cur = db.execute("DELETE FROM jobs WHERE key = ? AND state != 'processing'", (key,))
-                if cur.rowcount:
-                    db.execute("DELETE FROM forwards WHERE key = ?", (key,))
-                    gone.append(key)
-        return gone
-
-    def mark_purged(self, key: str) -> None:
-        """Retention deleted this job's files; its row stays (``jobs`` still lists it)."""
-        with self.transaction() as db:
-            db.execute("UPDATE jobs SET purged = ? WHERE key = ?", (time.time(), key))
-
-    def reopen(self, key: str, paths: Iterable[str | os.PathLike[str]]) -> Job:
-        """A done or forwarded job gets more source files (late instances): back to queued,
-        its result kept (what was written and sent), fresh attempts."""
-        with self.transaction() as db:
-            job = self._get(db, key)
-            if job.state not in ("done", "forwarded"):
-                raise ValueError(f"{self.path}: job {key} is {job.state}, not done or forwarded")
-            merged = sorted(set(job.paths) | {str(p) for p in paths})
-            db.execute(
-                "UPDATE jobs SET state = 'queued', paths = ?, attempts = 0, error = '',"
-                " not_before = NULL, purged = NULL, updated = ? WHERE key = ?",
-                (json.dumps(merged), time.time(), key),
-            )
-        return self.get(key)  # type: ignore[return-value]
-
     def requeue_unfinished(
         self,
         kind: str,
@@ -453,31 +400,6 @@ class JobStore:
                     for key in keys:
                         n += db.execute(sql + " AND key = ?", (now, kind, key)).rowcount
         return n
-
-    # -- forwarding (node) -------------------------------------------------------------------
-
-    def due_forwards(self, now: float | None = None) -> list[Job]:
-        """Done listen jobs whose next forward attempt is due."""
-        now = time.time() if now is None else now
-        rows = (
-            self.connect()
-            .execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE state = 'done' AND kind = 'listen'"
-                " AND (next_forward_at IS NULL OR next_forward_at <= ?) ORDER BY updated",
-                (now,),
-            )
-            .fetchall()
-        )
-        return [Job._from_row(r) for r in rows]
-
-    def forward_failed(self, key: str, error: str, retry_at: float) -> None:
-        """Record a failed forward and when to try again."""
-        with self.transaction() as db:
-            db.execute(
-                "UPDATE jobs SET forward_attempts = forward_attempts + 1, forward_error = ?,"
-                " next_forward_at = ?, updated = ? WHERE key = ?",
-                (error, retry_at, time.time(), key),
-            )
 
 
 def _use_wal(db: sqlite3.Connection, timeout: float) -> None:
