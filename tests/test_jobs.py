@@ -238,3 +238,144 @@ def test_many_processes_opening_a_fresh_store_at_once(tmp_path):
         store = JobStore(tmp_path / f"fresh{r}")
         assert store.counts()["queued"] == n
         assert store.connect().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_release_refunds_a_stop_we_caused_and_backs_off_a_transient_failure(tmp_path):
+    store = JobStore(tmp_path)
+    _add(store, "k", kind="listen")
+    for _ in range(5):  # five stops of the node: no attempt used
+        assert store.claim("w", lease_seconds=30).attempts == 1
+        assert store.release("k", "w", error="cancelled: node stopping", refund=True)
+    assert store.get("k").attempts == 0
+    store.claim("w", lease_seconds=30)
+    store.release("k", "w", error="worker died", retry_at=time.time() + 60)
+    job = store.get("k")
+    assert (job.state, job.attempts, job.error) == ("queued", 1, "worker died")
+    assert store.claim("w", lease_seconds=30) is None  # backing off
+    store.connect().execute("UPDATE jobs SET not_before = ? WHERE key = 'k'", (time.time() - 1,))
+    assert store.claim("w", lease_seconds=30).attempts == 2
+
+
+def test_retry_forget_and_reopen(tmp_path):
+    store = JobStore(tmp_path)
+    for key in ("a", "b", "c"):
+        _add(store, key, kind="listen")
+    store.set_state("a", "failed", error="bad")
+    store.set_state("b", "failed", error="bad")
+    assert store.retry(["a", "c"]) == ["a"]  # c is not failed: left alone
+    assert store.get("a").state == "queued" and store.get("a").attempts == 0
+    assert store.retry(kind="listen") == ["b"]
+    store.set_state("c", "done", result={"sources": ["a.dcm"]})
+    store.set_state("c", "forwarded")
+    job = store.reopen("c", ["late.dcm"])
+    assert (job.state, job.paths, job.result) == (
+        "queued",
+        ["a.dcm", "late.dcm"],
+        {"sources": ["a.dcm"]},
+    )
+    claimed = store.claim("w", lease_seconds=30, key="c")
+    assert store.forget(["c", "a", "nope"]) == ["a"]  # a processing job is not forgotten
+    assert claimed.key == "c" and [j.key for j in store.jobs()] == ["b", "c"]
+
+
+def test_forwards_per_destination_exactly_once(tmp_path):
+    from dicom_sr.jobs import Forwards
+
+    store = JobStore(tmp_path)
+    fw = Forwards(store)
+    dests = ["A@h:1", "B@h:2"]
+    for key in ("k1", "k2"):
+        _add(store, key, kind="listen")
+        store.set_state(key, "done", result={"written": [f"/{key}/1.dcm"]})
+        fw.open(key, dests)
+    assert fw.backlog(dests) == {
+        "A@h:1": (2, fw.of("k1")[0].created),
+        "B@h:2": (2, fw.of("k1")[0].created),
+    }
+    assert fw.sent("k1", "A@h:1", ["1"]) is False  # B still owed: done, not forwarded
+    assert store.get("k1").state == "done"
+    fw.failed("k1", "B@h:2", "refused", time.time() + 600, [])
+    assert [(j.key, f.destination) for j, f in fw.due(dests)] == [("k2", "A@h:1"), ("k2", "B@h:2")]
+    assert fw.flush() == 3  # k1 at B, k2 at both: due now
+    assert ("k1", "B@h:2") in [(j.key, f.destination) for j, f in fw.due(dests)]
+    assert fw.sent("k1", "B@h:2", ["1"]) is True
+    assert store.get("k1").state == "forwarded" and store.get("k1").forward_attempts == 1
+    assert fw.backlog(dests)["B@h:2"][0] == 1
+    # late instances: the rows go back to pending with what was acknowledged kept
+    store.reopen("k1", ["late.dcm"])
+    store.set_state("k1", "done")
+    fw.open("k1", dests)
+    assert {f.destination: (f.state, f.sent) for f in fw.of("k1")} == {
+        "A@h:1": ("pending", ["1"]),
+        "B@h:2": ("pending", ["1"]),
+    }
+
+
+def test_jobs_retry_and_forget_commands(tmp_path):
+    from click.testing import CliRunner
+
+    from dicom_sr.cli import main
+    from dicom_sr.jobs import Forwards
+
+    store = JobStore(tmp_path)
+    _add(store, "1.2.3.100", kind="listen")
+    _add(store, "1.2.3.200", kind="listen")
+    store.set_state("1.2.3.100", "failed", error="boom")
+    store.set_state("1.2.3.200", "done")
+    Forwards(store).open("1.2.3.200", ["A@h:1"])
+    Forwards(store).failed("1.2.3.200", "A@h:1", "down", time.time() + 600, [])
+    runner = CliRunner()
+    res = runner.invoke(main, ["jobs", "retry", "--out", str(tmp_path), ".100", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["retried"] == ["1.2.3.100"]
+    res = runner.invoke(main, ["jobs", "retry", "--out", str(tmp_path), "--forward", "--json"])
+    assert json.loads(res.output)["forwards_now"] == 1
+    assert Forwards(store).of("1.2.3.200")[0].next_at is None
+    res = runner.invoke(main, ["jobs", "retry", "--out", str(tmp_path), "nothing-like-it"])
+    assert res.exit_code == 1
+    res = runner.invoke(main, ["jobs", "--out", str(tmp_path), "--json"])
+    (row,) = [r for r in json.loads(res.output) if r["key"] == "1.2.3.200"]
+    assert row["identity"] == "abc" and row["destinations"][0]["error"] == "down"
+    res = runner.invoke(main, ["jobs", "forget", "--out", str(tmp_path), "1.2.3.200", "--json"])
+    assert json.loads(res.output) == {"forgotten": ["1.2.3.200"], "not_found": []}
+    assert [j.key for j in store.jobs()] == ["1.2.3.100"]
+
+
+def test_durations_and_sizes():
+    from dicom_sr.node.upkeep import parse_duration, parse_size
+
+    assert [parse_duration(t) for t in ("30s", "12h", "7d", "2w", "90")] == [
+        30,
+        43200,
+        604800,
+        1209600,
+        90,
+    ]
+    assert [parse_size(t) for t in ("500M", "2G", "4096", "1.5k")] == [
+        500 << 20,
+        2 << 30,
+        4096,
+        1536,
+    ]
+    for bad in ("7 days", "-1d", "", "5x"):
+        with pytest.raises(ValueError, match="is not a"):
+            parse_duration(bad)
+    with pytest.raises(ValueError, match="is not a size"):
+        parse_size("lots")
+
+
+def test_a_destination_taken_out_does_not_hold_a_job_back(tmp_path):
+    from dicom_sr.jobs import Forwards
+
+    store = JobStore(tmp_path)
+    fw = Forwards(store)
+    _add(store, "k", kind="listen")
+    store.set_state("k", "done")
+    fw.open("k", ["OLD@h:1", "NEW@h:2"])
+    assert fw.sent("k", "NEW@h:2", ["1"], ["NEW@h:2"]) is True  # OLD is no longer configured
+    assert store.get("k").state == "forwarded"
+    _add(store, "j", kind="listen")
+    store.set_state("j", "done")
+    fw.open("j", ["OLD@h:1"])
+    assert fw.settle("j", ["NEW@h:2"]) is True  # on start, under the new configuration
+    assert fw.settle("k", []) is False

@@ -331,6 +331,70 @@ def test_tls_association_with_client_certificates(tmp_path, tls_files):
         server.shutdown()
 
 
+@pytest.mark.network
+def test_forward_over_tls_with_a_client_certificate(tmp_path, tls_files):
+    from dicom_sr.node.forward import ForwardError, client_ssl_context
+
+    cert, key = tls_files
+    received = []
+    server = make_ae(ScpOptions()).start_server(
+        ("127.0.0.1", 0),
+        block=False,
+        evt_handlers=[(evt.EVT_C_STORE, StoreHandler(Spool(tmp_path / "pacs"), received.append))],
+        ssl_context=server_ssl_context(str(cert), str(key), str(cert)),  # client certs required
+    )
+    dest = Destination("DICOMSR", "127.0.0.1", server.server_address[1])
+    files = []
+    for k in range(2):
+        ds = pydicom.dcmread(us_file("color-px.dcm"))
+        ds.SOPInstanceUID = generate_uid()
+        files.append(_explicit_little(ds, tmp_path / f"{k}.dcm"))
+    try:
+        ctx = client_ssl_context(str(cert), str(cert), str(key))
+        sent = send_instances(files[:1], dest, calling_ae="DICOMSR", ssl_context=ctx)
+        assert sent == [pydicom.dcmread(files[0]).SOPInstanceUID]
+        assert [r.sop_uid for r in received] == sent
+        with pytest.raises(ForwardError, match="association"):  # no client certificate
+            send_instances(
+                files[1:], dest, calling_ae="DICOMSR", ssl_context=client_ssl_context(str(cert))
+            )
+        with pytest.raises(ForwardError, match="association"):  # no TLS at all
+            send_instances(files[1:], dest, calling_ae="DICOMSR")
+        assert len(received) == 1
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.network
+def test_forward_decodes_for_a_peer_that_takes_no_compressed_syntax(tmp_path):
+    received = []
+
+    def store(event):
+        received.append(event.dataset)
+        return 0x0000
+
+    ae = AE(ae_title="PLAINPACS")
+    for sop_class in sorted(US_SOP_CLASSES):
+        ae.add_supported_context(sop_class, [ExplicitVRLittleEndian])
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, store)])
+    ds = pydicom.dcmread(us_file("US1_UNCR.dcm"))
+    ds.SOPInstanceUID = generate_uid()
+    ds.compress(JPEGLSLossless)
+    path = tmp_path / "jpegls.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    try:
+        dest = Destination("PLAINPACS", "127.0.0.1", server.server_address[1])
+        assert send_instances([path], dest, calling_ae="DICOMSR") == [ds.SOPInstanceUID]
+    finally:
+        server.shutdown()
+    (got,) = received
+    got.file_meta = pydicom.dataset.FileMetaDataset()
+    got.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    np.testing.assert_array_equal(
+        got.pixel_array, pydicom.dcmread(us_file("US1_UNCR.dcm")).pixel_array
+    )
+
+
 def test_a_job_queued_under_another_pipeline_is_queued_again_under_the_nodes(tmp_path):
     from dicom_sr.config import load_pipeline
     from dicom_sr.jobs import JobStore
@@ -388,11 +452,27 @@ def test_a_series_is_received_then_queued_and_a_restart_assembles_it_again(tmp_p
     again._record(due, "queued")
     (job,) = JobStore(tmp_path).jobs()
     assert job.state == "queued" and job.revision == 0
-    # a job that started makes the next arrival a new revision
+    # a resend of what was processed changes nothing
     JobStore(tmp_path).set_state(job.key, "done")
     again._record(Arrivals("1.2", "1.2.3", {paths[1]}), "queued")
-    revs = sorted((j.revision, j.state) for j in JobStore(tmp_path).jobs())
-    assert revs == [(0, "done"), (1, "queued")]
+    assert [(j.revision, j.state) for j in JobStore(tmp_path).jobs()] == [(0, "done")]
+    # a late instance joins the done job when its saved model is there ...
+    late = folder / "1.2.3.3.dcm"
+    late.write_bytes(b"spooled")
+    model = again.upkeep.model_path(job.key)
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"model")
+    again._record(Arrivals("1.2", "1.2.3", {late}), "queued")
+    (job,) = JobStore(tmp_path).jobs()
+    assert (job.revision, job.state, len(job.paths)) == (0, "queued", 3)
+    # ... and makes a new revision of the whole series when that model is gone
+    JobStore(tmp_path).set_state(job.key, "done")
+    model.unlink()
+    later = folder / "1.2.3.4.dcm"
+    later.write_bytes(b"spooled")
+    again._record(Arrivals("1.2", "1.2.3", {later}), "queued")
+    revs = sorted((j.revision, j.state, len(j.paths)) for j in JobStore(tmp_path).jobs())
+    assert revs == [(0, "done", 3), (1, "queued", 4)]
 
 
 @pytest.mark.network
@@ -423,3 +503,95 @@ def test_other_transfer_syntaxes_are_spooled_as_sent(scp, syntax, name):
     back = pydicom.dcmread(got.path)
     assert back.file_meta.TransferSyntaxUID == syntax
     np.testing.assert_array_equal(back.pixel_array, pydicom.dcmread(us_file(name)).pixel_array)
+
+
+def test_worker_failures_are_classified_and_a_bug_logs_its_traceback_at_error(tmp_path, caplog):
+    from dicom_sr.config import load_pipeline
+    from dicom_sr.node.workers import run_series_job
+
+    config = load_pipeline("bmode-default", {"engine.method": "bicubic"})
+    src = str(us_file("color-px.dcm"))
+    with caplog.at_level("ERROR", logger="dicom_sr.node.workers"):
+        bug = run_series_job("1.2.3", [src], None, str(tmp_path), 0)  # a bug of ours: no config
+    assert bug["status"] == "failed" and bug["kind"] == "permanent"
+    (record,) = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert record.exc_info and "AttributeError" in bug["reason"]
+    gone = run_series_job("1.2.3", [src], config, str(tmp_path), 0, str(tmp_path / "no.pt"), True)
+    assert gone["kind"] == "transient"  # the saved model could not be read: I/O, try again
+    empty = run_series_job("1.2.3", [str(tmp_path / "missing.dcm")], config, str(tmp_path), 0)
+    assert empty["kind"] == "permanent" and "0 series in the job" in empty["reason"]
+
+
+def test_a_lost_lease_drops_the_result_and_a_stop_uses_no_attempt(tmp_path):
+    from concurrent.futures import Future
+
+    from dicom_sr.config import load_pipeline
+    from dicom_sr.jobs import JobStore
+    from dicom_sr.node.service import Node, NodeOptions
+
+    config = load_pipeline("bmode-default", {"engine.method": "bicubic"})
+    node = Node(NodeOptions(out_dir=tmp_path), config)
+    store = JobStore(tmp_path)
+    for key in ("1.2.3.1", "1.2.3.2"):
+        store.add(key, kind="listen", study_uid="1.2", source_series_uid=key,
+                  config_hash=node.identity, paths=["/spool/a.dcm"])  # fmt: skip
+    futures = {}
+
+    def submit(key, *args):
+        futures[key] = Future()
+        return futures[key]
+
+    node.pool = SimpleNamespace(submit=submit)
+    node._dispatch()
+    assert sorted(futures) == ["1.2.3.1"]  # one worker
+    store.connect().execute("UPDATE jobs SET lease_owner = 'other' WHERE key = '1.2.3.1'")
+    node._renew()
+    futures["1.2.3.1"].set_result({"status": "done", "frames": 1, "failed": []})
+    node._collect()
+    job = store.get("1.2.3.1")
+    assert (job.state, job.lease_owner) == ("processing", "other")  # left to its new owner
+    node._dispatch()
+    futures["1.2.3.2"].set_result({"status": "cancelled", "reason": "cancelled"})
+    node._collect()
+    job = store.get("1.2.3.2")
+    assert (job.state, job.attempts) == ("queued", 0)  # our own stop: no attempt used
+
+
+@pytest.mark.slow  # three CycleGAN trainings: about 4 minutes on a loaded 2-core machine
+def test_a_late_instance_is_upscaled_by_the_model_saved_for_its_series(tmp_path):
+    """The worker saves the series' learned model; a late instance is upscaled by it (same
+    pixels as with that model, not those of a model trained afresh), into the same series."""
+    from dicom_sr.config import load_pipeline
+    from dicom_sr.dicom.discover import discover
+    from dicom_sr.engine import load_weights
+    from dicom_sr.node.workers import run_series_job
+    from dicom_sr.pipeline import derived_series_uid_for, process_series
+
+    config = load_pipeline(
+        "bmode-default",
+        {"engine.iterations": 8, "engine.ensemble": 1, "engine.cine_ensemble": "same",
+         "engine.seed": 1},
+    )  # fmt: skip
+    series_uid, paths = generate_uid(), []
+    for k in range(3):
+        ds = pydicom.dcmread(us_file("examples_rgb_color.dcm"))
+        ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.InstanceNumber = series_uid, generate_uid(), k
+        paths.append(_explicit_little(ds, tmp_path / f"{k}.dcm"))
+    key = derived_series_uid_for(series_uid, config)
+    out, model = tmp_path / "derived", tmp_path / "models" / f"{key}.pt"
+    model.parent.mkdir()
+    first = run_series_job(key, list(map(str, paths[:2])), config, str(out), 0, str(model))
+    assert first["status"] == "done" and load_weights(model).generator_state is not None
+    late = run_series_job(key, [str(paths[2])], config, str(out), 0, str(model), True)
+    assert late["status"] == "done" and late["train_seconds"] == 0.0  # nothing trained
+    got = pydicom.dcmread(late["written"][0])
+    firsts = [pydicom.dcmread(p) for p in first["written"]]
+    assert got.SeriesInstanceUID == key == firsts[0].SeriesInstanceUID
+    assert got.SOPInstanceUID not in {d.SOPInstanceUID for d in firsts}
+    (late_series,) = discover([paths[2]]).series
+    with_model = process_series(late_series, config, tmp_path / "a", model=load_weights(model))
+    afresh = process_series(late_series, config, tmp_path / "b")  # trained on it alone
+    same = pydicom.dcmread(with_model.instances[0].output).pixel_array
+    other = pydicom.dcmread(afresh.instances[0].output).pixel_array
+    np.testing.assert_array_equal(got.pixel_array, same)
+    assert not np.array_equal(got.pixel_array, other)

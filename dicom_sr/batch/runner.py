@@ -296,7 +296,8 @@ def _report(inputs, config, out, options, store, plan: Plan, todo, already, stat
         "out": str(out),
         "inputs": [str(p) for p in inputs],
         "pipeline": config.name,
-        "config_hash": plan.config_hash,
+        "config_hash": config.hash(),  # as in DerivationDescription and process --json
+        "identity": plan.config_hash,  # the pipeline identity behind the derived UIDs (jobs)
         "method": config.engine.method,
         "scale": config.engine.scale,
         "dry_run": options.dry_run,

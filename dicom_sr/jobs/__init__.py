@@ -14,14 +14,19 @@ connection; every state change is one short transaction.
 
 A worker *claims* a job with a lease (``lease_owner``, ``lease_expires``) and renews it while it
 runs. A job whose lease expired, or whose owner is a dead process on this host, can be claimed
-again by anyone: a worker that died releases its series. Each claim counts an attempt.
+again by anyone: a worker that died releases its series. Each claim counts an attempt; a stop
+the owner caused itself gives it back (:meth:`JobStore.release` with ``refund``), and a
+transient failure puts the job back with a ``not_before`` time (back-off).
 
-The package: :mod:`dicom_sr.jobs.model` (the :class:`Job` row, states, lease owners) and
-:mod:`dicom_sr.jobs.store` (:class:`JobStore`, the SQLite side). Import from here.
+The package: :mod:`dicom_sr.jobs.model` (the :class:`Job` row, states, lease owners),
+:mod:`dicom_sr.jobs.store` (:class:`JobStore`, the SQLite side) and
+:mod:`dicom_sr.jobs.forwards` (:class:`Forwards`: what each destination of a node was sent).
+Import from here.
 """
 
 from __future__ import annotations
 
+from dicom_sr.jobs.forwards import Forward, Forwards
 from dicom_sr.jobs.model import (
     BATCH_LABELS,
     STATES,
@@ -37,6 +42,8 @@ __all__ = [
     "STATES",
     "BATCH_LABELS",
     "STORE_NAME",
+    "Forward",
+    "Forwards",
     "Job",
     "JobStore",
     "Kind",

@@ -38,7 +38,7 @@ _NEXT: dict[str, frozenset[str]] = {
     "received": frozenset({"queued", "failed"}),
     "queued": frozenset({"processing", "done", "failed"}),
     "processing": frozenset({"queued", "done", "failed"}),
-    "done": frozenset({"forwarded", "queued"}),
+    "done": frozenset({"forwarded", "queued", "failed"}),
     "failed": frozenset({"queued"}),
     "forwarded": frozenset(),
 }
@@ -48,7 +48,7 @@ _NEXT: dict[str, frozenset[str]] = {
 _COLUMNS = (
     "key, kind, state, study_uid, source_series_uid, config_hash, revision, paths, frames, "
     "attempts, error, lease_owner, lease_expires, created, updated, result, forward_attempts, "
-    "forward_error, next_forward_at"
+    "forward_error, next_forward_at, calling_ae, not_before, purged"
 )
 
 
@@ -75,6 +75,9 @@ class Job:
     forward_attempts: int = 0
     forward_error: str = ""
     next_forward_at: float | None = None
+    calling_ae: str = ""
+    not_before: float | None = None  # a transient failure's back-off: not claimed before this
+    purged: float | None = None  # when retention deleted its files (the row stays)
 
     @classmethod
     def _from_row(cls, row: Sequence[Any]) -> Job:

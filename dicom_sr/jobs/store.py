@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dicom_sr.jobs.model import _COLUMNS, _NEXT, STATES, Job, Kind, State, _check_state
+from dicom_sr.jobs.verbs import OperatorVerbs
 
 __all__ = ["STORE_NAME", "JobStore"]
 
@@ -48,10 +49,29 @@ CREATE TABLE IF NOT EXISTS jobs (
     next_forward_at REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, kind);
+CREATE TABLE IF NOT EXISTS forwards (
+    key TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    sent TEXT NOT NULL DEFAULT '[]',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT NOT NULL DEFAULT '',
+    next_at REAL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    PRIMARY KEY (key, destination)
+);
 """
 
+#: Columns added after the first release: (name, declaration), added to older stores on open.
+_ADDED = (
+    ("calling_ae", "TEXT NOT NULL DEFAULT ''"),
+    ("not_before", "REAL"),
+    ("purged", "REAL"),
+)
 
-class JobStore:
+
+class JobStore(OperatorVerbs):
     """The job store of one output folder: ``JobStore(out_dir)`` opens or creates it.
 
     Safe to share between threads (one connection per thread) and to open from several
@@ -65,6 +85,15 @@ class JobStore:
         self.timeout = timeout
         self._local = threading.local()
         self.connect().executescript(_SCHEMA)  # idempotent; its own transaction
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Add the columns of :data:`_ADDED` that an older store lacks (one transaction)."""
+        with self.transaction() as db:
+            have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+            for name, decl in _ADDED:
+                if name not in have:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {decl}")
 
     # -- connections -------------------------------------------------------------------------
 
@@ -106,9 +135,17 @@ class JobStore:
             db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE key = ?", (key,)).fetchone()
         )
 
-    def jobs(self, state: str | None = None, kind: str | None = None) -> list[Job]:
-        """Jobs, oldest first, optionally of one state and kind."""
+    def jobs(
+        self,
+        state: str | None = None,
+        kind: str | None = None,
+        *,
+        source_series_uid: str | None = None,
+    ) -> list[Job]:
+        """Jobs, oldest first, optionally of one state, kind and source series."""
         sql, args = f"SELECT {_COLUMNS} FROM jobs WHERE 1", []
+        if source_series_uid is not None:
+            sql, args = sql + " AND source_series_uid = ?", [source_series_uid]
         if state is not None:
             sql, args = sql + " AND state = ?", [*args, state]
         if kind is not None:
@@ -138,8 +175,11 @@ class JobStore:
         revision: int = 0,
         state: State = "queued",
         frames: int = 0,
+        calling_ae: str = "",
     ) -> Job:
-        """Add a job, or merge ``paths`` into an existing one (its state kept: done stays done)."""
+        """Add a job, or merge ``paths`` into an existing one (its state kept: done stays done).
+
+        ``calling_ae``: who sent the series (a node's job), shown by ``dicom-sr jobs``."""
         _check_state(state)
         paths = [str(p) for p in paths]
         now = time.time()
@@ -148,9 +188,10 @@ class JobStore:
             if row is None:
                 db.execute(
                     "INSERT INTO jobs (key, kind, state, study_uid, source_series_uid, config_hash,"
-                    " revision, paths, frames, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    " revision, paths, frames, created, updated, calling_ae)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                     (key, kind, state, study_uid, source_series_uid, config_hash, revision,
-                     json.dumps(sorted(set(paths))), frames, now, now),
+                     json.dumps(sorted(set(paths))), frames, now, now, calling_ae),
                 )  # fmt: skip
             elif paths:
                 merged = sorted(set(json.loads(row[0])) | set(paths))
@@ -259,6 +300,8 @@ class JobStore:
                 job = Job._from_row(row)
                 if job.state == "processing" and not job.lease_gone(now):
                     continue
+                if job.state == "queued" and job.not_before is not None and job.not_before > now:
+                    continue  # backing off after a transient failure
                 if job.state == "processing":
                     why = f"worker {job.lease_owner} died or stalled (attempt {job.attempts})"
                     job.error = job.error or why
@@ -273,7 +316,8 @@ class JobStore:
                     continue
                 db.execute(
                     "UPDATE jobs SET state = 'processing', lease_owner = ?, lease_expires = ?,"
-                    " attempts = attempts + 1, error = ?, updated = ? WHERE key = ?",
+                    " attempts = attempts + 1, error = ?, updated = ?, not_before = NULL"
+                    " WHERE key = ?",
                     (owner, now + lease_seconds, job.error, now, job.key),
                 )
                 job.state, job.lease_owner, job.lease_expires = (
@@ -296,14 +340,27 @@ class JobStore:
             )
             return cur.rowcount == 1
 
-    def release(self, key: str, owner: str, *, error: str | None = None) -> bool:
-        """Give a processing job back to the queue without finishing it (e.g. cancelled)."""
+    def release(
+        self,
+        key: str,
+        owner: str,
+        *,
+        error: str | None = None,
+        refund: bool = False,
+        retry_at: float | None = None,
+    ) -> bool:
+        """Give a processing job back to the queue without finishing it.
+
+        ``refund``: the stop was ours (the node stopping, a lost lease), so the attempt that
+        the claim counted is given back. ``retry_at``: not claimed again before this time (the
+        back-off after a transient failure)."""
         with self.transaction() as db:
             cur = db.execute(
                 "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires = NULL,"
-                " error = COALESCE(?, error), updated = ? WHERE key = ? AND lease_owner = ?"
+                " error = COALESCE(?, error), updated = ?, not_before = ?,"
+                " attempts = MAX(0, attempts - ?) WHERE key = ? AND lease_owner = ?"
                 " AND state = 'processing'",
-                (error, time.time(), key, owner),
+                (error, time.time(), retry_at, int(refund), key, owner),
             )
             return cur.rowcount == 1
 
@@ -343,31 +400,6 @@ class JobStore:
                     for key in keys:
                         n += db.execute(sql + " AND key = ?", (now, kind, key)).rowcount
         return n
-
-    # -- forwarding (node) -------------------------------------------------------------------
-
-    def due_forwards(self, now: float | None = None) -> list[Job]:
-        """Done listen jobs whose next forward attempt is due."""
-        now = time.time() if now is None else now
-        rows = (
-            self.connect()
-            .execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE state = 'done' AND kind = 'listen'"
-                " AND (next_forward_at IS NULL OR next_forward_at <= ?) ORDER BY updated",
-                (now,),
-            )
-            .fetchall()
-        )
-        return [Job._from_row(r) for r in rows]
-
-    def forward_failed(self, key: str, error: str, retry_at: float) -> None:
-        """Record a failed forward and when to try again."""
-        with self.transaction() as db:
-            db.execute(
-                "UPDATE jobs SET forward_attempts = forward_attempts + 1, forward_error = ?,"
-                " next_forward_at = ?, updated = ? WHERE key = ?",
-                (error, retry_at, time.time(), key),
-            )
 
 
 def _use_wal(db: sqlite3.Connection, timeout: float) -> None:

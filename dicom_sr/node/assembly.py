@@ -23,6 +23,7 @@ class Arrivals:
     paths: set[Path] = field(default_factory=set)
     last: float = 0.0
     noted: int = 0  # how many of ``paths`` the job store already lists
+    calling_ae: str = ""
 
 
 class Assembly:
@@ -34,12 +35,13 @@ class Assembly:
         self._lock = threading.Lock()
         self._open: dict[str, Arrivals] = {}
 
-    def arrived(self, study_uid: str, series_uid: str, path: Path) -> None:
+    def arrived(self, study_uid: str, series_uid: str, path: Path, calling_ae: str = "") -> None:
         """Record a new instance of a series; its quiet time starts again."""
         with self._lock:
             entry = self._open.setdefault(series_uid, Arrivals(study_uid, series_uid))
             entry.paths.add(Path(path))
             entry.last = self.clock()
+            entry.calling_ae = calling_ae or entry.calling_ae
 
     def due(self, *, flush: bool = False) -> list[Arrivals]:
         """Remove and return the series quiet for ``timeout`` seconds (all with ``flush``)."""
@@ -55,7 +57,11 @@ class Assembly:
             for a in self._open.values():
                 if len(a.paths) > a.noted:
                     a.noted = len(a.paths)
-                    out.append(Arrivals(a.study_uid, a.series_uid, set(a.paths), a.last))
+                    out.append(
+                        Arrivals(
+                            a.study_uid, a.series_uid, set(a.paths), a.last, calling_ae=a.calling_ae
+                        )
+                    )
         return out
 
     def pending(self) -> int:

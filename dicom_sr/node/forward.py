@@ -1,7 +1,9 @@
 """Send derived series on (``--forward AE@HOST:PORT``) as a C-STORE SCU, with back-off.
 
 One association per attempt carries every instance not yet acknowledged; an instance the peer
-acknowledged is never sent again, so a retry after a partial failure sends only the rest.
+acknowledged is never sent again, so a retry after a partial failure sends only the rest. A
+file is sent as stored when the peer accepts its transfer syntax, and decoded (lossless
+compression only: nothing changes in the pixels) when the peer accepts it uncompressed only.
 """
 
 from __future__ import annotations
@@ -20,7 +22,14 @@ from pynetdicom import AE
 
 from dicom_sr.errors import Transient
 
-__all__ = ["Destination", "ForwardError", "parse_destination", "retry_delay", "send_instances"]
+__all__ = [
+    "Destination",
+    "ForwardError",
+    "client_ssl_context",
+    "parse_destination",
+    "retry_delay",
+    "send_instances",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +64,40 @@ def parse_destination(text: str) -> Destination:
     return Destination(m["ae"].strip(), m["host"].strip("[]"), int(m["port"]))
 
 
+def client_ssl_context(
+    ca: str | None = None, cert: str | None = None, key: str | None = None
+) -> ssl.SSLContext:
+    """A TLS client context for the destinations: the server is verified against ``ca`` (the
+    system's CAs without it) and its name checked; ``cert``/``key``: our client certificate."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert:
+        ctx.load_cert_chain(certfile=cert, keyfile=key)
+    return ctx
+
+
 def retry_delay(attempt: int, *, base: float, cap: float) -> float:
     """Seconds before retry number ``attempt`` (1, 2, ...): ``base * 2**(attempt-1)``, capped."""
     return min(cap, base * 2 ** max(0, attempt - 1))
+
+
+def _as_accepted(assoc, path: Path, ds: pydicom.Dataset) -> Path | pydicom.Dataset:
+    """The file itself when the peer accepted its transfer syntax (sent as stored, never
+    decoded); otherwise it decoded, for an uncompressed context (as ``dcmsend`` does with a
+    lossless file that a peer does not take compressed)."""
+    syntax = str(ds.file_meta.TransferSyntaxUID)
+    sop_class = str(ds.SOPClassUID)
+    accepted = {
+        str(cx.transfer_syntax[0])
+        for cx in assoc.accepted_contexts
+        if str(cx.abstract_syntax) == sop_class
+    }
+    if syntax in accepted or not accepted:
+        return path  # (none accepted: pynetdicom's own error names the SOP class)
+    full = pydicom.dcmread(path)
+    full.decompress()
+    logger.debug("%s: peer does not accept %s; sent decoded", path.name, syntax)
+    return full
 
 
 def send_instances(
@@ -79,6 +119,8 @@ def send_instances(
     done = set(already_sent)
     todo: list[tuple[Path, pydicom.Dataset]] = []
     for path in paths:
+        if Path(path).stem in done:  # named <SOPInstanceUID>.dcm: sent (and maybe deleted since)
+            continue
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         if str(ds.SOPInstanceUID) not in done:
             todo.append((Path(path), ds))
@@ -103,12 +145,14 @@ def send_instances(
         raise ForwardError(f"association with {dest} failed ({why})", sent)
     try:
         for path, ds in todo:
-            status = assoc.send_c_store(path)  # sent from the file, never decoded
+            status = assoc.send_c_store(_as_accepted(assoc, path, ds))
             code = getattr(status, "Status", None)
             if code is None:
                 raise ForwardError(f"{dest}: no answer to C-STORE of {path.name}", sent)
             if code != 0x0000 and not 0xB000 <= code <= 0xBFFF:
-                raise ForwardError(f"{dest} refused {path.name}: status 0x{code:04X}", sent)
+                comment = getattr(status, "ErrorComment", "") or ""
+                why = f" ({comment})" if comment else ""
+                raise ForwardError(f"{dest} refused {path.name}: status 0x{code:04X}{why}", sent)
             sent.append(str(ds.SOPInstanceUID))
             if on_sent:
                 on_sent(str(ds.SOPInstanceUID))

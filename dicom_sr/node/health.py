@@ -1,7 +1,10 @@
 """Health check and Prometheus metrics over HTTP (``--health-port``).
 
-``GET /health`` answers 200 with a small JSON body while the node serves (503 while it stops);
-``GET /metrics`` is the Prometheus text format of the node's own registry.
+``GET /health`` answers 200 with a small JSON body while the node serves, and 503 with the
+same body, its ``problems`` saying why, while it stops or something needs an operator (a
+destination failing for too long, the disk below ``--min-free``, a broken worker pool);
+``GET /metrics`` is the Prometheus text format of the node's own registry. It listens on
+``--health-bind`` (127.0.0.1 unless an operator opens it up: it has no authentication).
 """
 
 from __future__ import annotations
@@ -52,10 +55,42 @@ class Metrics:
             "dicomsr_instances_forwarded", "Derived instances sent to --forward", registry=r
         )
         self.forward_failures = Counter(
-            "dicomsr_forward_failures", "Forwarding attempts that failed (retried)", registry=r
+            "dicomsr_forward_failures",
+            "Forwarding attempts that failed (retried), per destination",
+            ["destination"],
+            registry=r,
+        )
+        self.forward_backlog = Gauge(
+            "dicomsr_forward_backlog",
+            "Derived series processed but not yet sent, per destination",
+            ["destination"],
+            registry=r,
+        )
+        self.forward_oldest_seconds = Gauge(
+            "dicomsr_forward_oldest_seconds",
+            "Age of the oldest derived series not yet sent to every destination (0: none)",
+            registry=r,
+        )
+        self.associations_rejected = Counter(
+            "dicomsr_associations_rejected",
+            "Association requests rejected, by reason",
+            ["reason"],
+            registry=r,
         )
         self.queue_depth = Gauge(
             "dicomsr_queue_depth", "Series jobs waiting or being processed", registry=r
+        )
+        self.spool_bytes = Gauge(
+            "dicomsr_spool_bytes", "Bytes of received instances in the spool", registry=r
+        )
+        self.disk_free_bytes = Gauge(
+            "dicomsr_disk_free_bytes", "Free bytes on the disk of --out", registry=r
+        )
+        self.disk_low = Gauge(
+            "dicomsr_disk_low", "1 while free disk is below --min-free (stores refused)", registry=r
+        )
+        self.healthy = Gauge(
+            "dicomsr_healthy", "1 while /health answers 200, 0 while it answers 503", registry=r
         )
         self.processing_seconds = Histogram(
             "dicomsr_processing_seconds",

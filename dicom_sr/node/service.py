@@ -1,9 +1,16 @@
 """The node: receive (SCP) -> spool -> assemble series -> job store -> workers -> forward.
 
 Three threads besides pynetdicom's: the *scheduler* (series that went quiet become queued jobs;
-queued jobs go to free workers; finished ones are recorded), the *forwarder* (sends done jobs
-to ``--forward`` with back-off), and the optional health server. Every state lives on disk (the
+queued jobs go to free workers; finished ones are recorded; disk checks and the retention
+sweep), the *forwarder* (:mod:`~dicom_sr.node.forwarder`: done jobs to every ``--forward``
+destination, with back-off), and the optional health server. Every state lives on disk (the
 spool and the SQLite job store), so a node killed at any moment resumes where it was.
+
+Attempts follow :func:`~dicom_sr.errors.classify`: a stop the node caused (SIGTERM, SIGINT)
+gives the job back to the queue and its attempt back; a permanent failure (an input error, a
+bug) fails the job at once; a transient one (a lost worker, I/O, a full disk) re-queues it with
+back-off until ``max_attempts``. A failed job comes back with ``dicom-sr jobs retry`` or when
+its sender sends the series again.
 """
 
 from __future__ import annotations
@@ -21,21 +28,22 @@ from typing import Any, Literal
 from pynetdicom import evt
 
 from dicom_sr.config import PipelineConfig
-from dicom_sr.errors import describe
+from dicom_sr.errors import CANCELLED, PERMANENT, TRANSIENT, classify, describe
 from dicom_sr.jobs import Job, JobStore, make_owner
 from dicom_sr.node.assembly import Arrivals, Assembly
-from dicom_sr.node.forward import Destination, ForwardError, retry_delay, send_instances
+from dicom_sr.node.forward import Destination, retry_delay
+from dicom_sr.node.forwarder import Forwarder
 from dicom_sr.node.health import HealthServer, Metrics
-from dicom_sr.node.scp import ScpOptions, StoreHandler, log_association, make_ae
+from dicom_sr.node.intake import KIND, Intake
+from dicom_sr.node.scp import AssociationGate, ScpOptions, StoreHandler, log_association, make_ae
 from dicom_sr.node.spool import Received, Spool
-from dicom_sr.node.workers import WorkerPool
-from dicom_sr.pipeline import derived_series_uid_for, identity_hash
+from dicom_sr.node.upkeep import Upkeep
+from dicom_sr.node.workers import WorkerPool, disk_full, merge_results
+from dicom_sr.pipeline import identity_hash
 
 __all__ = ["NodeOptions", "Node"]
 
 logger = logging.getLogger(__name__)
-
-KIND = "listen"
 
 
 @dataclass
@@ -46,17 +54,27 @@ class NodeOptions:
     port: int = 11112
     bind: str = "0.0.0.0"
     scp: ScpOptions = field(default_factory=ScpOptions)
-    forward: Destination | None = None
+    forward: tuple[Destination, ...] = ()
     series_timeout: float = 30.0
     workers: int = 1
     health_port: int | None = None
+    health_bind: str = "127.0.0.1"
     ssl_context: ssl.SSLContext | None = None
     forward_ssl_context: ssl.SSLContext | None = None
     retry_base: float = 5.0
-    retry_max: float = 600.0
+    retry_max: float = 60.0
+    forward_alert: float = 300.0
     lease_seconds: float = 120.0
     max_attempts: int = 3
+    job_retry_base: float = 10.0
+    job_retry_max: float = 300.0
+    min_free: int | None = None
+    retention: float | None = None
     log_level: int = logging.INFO
+
+    def __post_init__(self) -> None:
+        if isinstance(self.forward, Destination):  # one destination, as before
+            self.forward = (self.forward,)
 
 
 class Node:
@@ -73,8 +91,28 @@ class Node:
         self.assembly = Assembly(options.series_timeout)
         self.metrics = Metrics()
         self.owner = make_owner()
+        self.forwarder = Forwarder(
+            self.store,
+            tuple(options.forward),
+            calling_ae=options.scp.ae_title,
+            metrics=self.metrics,
+            ssl_context=options.forward_ssl_context,
+            retry_base=options.retry_base,
+            retry_max=options.retry_max,
+        )
+        self.upkeep = Upkeep(
+            self.out_dir,
+            self.store,
+            min_free=options.min_free,
+            retention=options.retention,
+            forwarding=bool(options.forward),
+        )
+        self.intake = Intake(self.store, self.spool, config, self.identity, self.upkeep)
+        self._pool_broken = ""
+        self._next_sweep = 0.0
         self._stopping = threading.Event()
         self._running: dict[str, tuple[Future, Job, float]] = {}
+        self._lost: set[str] = set()  # jobs in hand whose lease another owner took
         self._jobs_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.pool: WorkerPool | None = None
@@ -87,15 +125,27 @@ class Node:
         """Recover from the last run, then serve DICOM, health and the two loops."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._recover()
+        self.upkeep.check()
         self.pool = WorkerPool(self.options.workers, self.options.log_level)
         ae = make_ae(self.options.scp)
         handler = StoreHandler(
             self.spool,
             self._on_received,
             lambda status: self.metrics.instances_refused.labels(f"0x{status:04X}").inc(),
+            guard=self.upkeep.low_reason,
+            on_duplicate=self._on_duplicate,
         )
-        handlers = [(evt.EVT_C_STORE, handler)]
-        handlers += [(e, log_association) for e in (evt.EVT_ACCEPTED, evt.EVT_REJECTED)]
+        gate = AssociationGate(
+            self.options.scp,
+            lambda: self.upkeep.low,
+            lambda reason: self.metrics.associations_rejected.labels(reason).inc(),
+        )
+        handlers = [
+            (evt.EVT_C_STORE, handler),
+            (evt.EVT_REQUESTED, gate.requested),
+            (evt.EVT_REJECTED, gate.rejected),
+            (evt.EVT_ACCEPTED, log_association),
+        ]
         self.server = ae.start_server(
             (self.options.bind, self.options.port),
             block=False,
@@ -104,14 +154,23 @@ class Node:
         )
         if self.options.health_port is not None:
             self.health = HealthServer(
-                self.options.bind, self.options.health_port, self.metrics, self.status
+                self.options.health_bind, self.options.health_port, self.metrics, self.status
             )
             self.health.start()
-        for name, target in (("scheduler", self._schedule_loop), ("forwarder", self._forward_loop)):
-            thread = threading.Thread(target=target, name=name, daemon=True)
+        loops = [("scheduler", self._schedule_loop, ())]
+        if self.options.forward:
+            loops.append(("forwarder", self.forwarder.run, (self._stopping,)))
+        for name, target, args in loops:
+            thread = threading.Thread(target=target, args=args, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
         tls = " with TLS" if self.options.ssl_context else ""
+        if self.options.forward:
+            logger.info(
+                "forwarding to %s%s",
+                ", ".join(map(str, self.options.forward)),
+                " with TLS" if self.options.forward_ssl_context else "",
+            )
         logger.info(
             "listening as %s on %s:%d%s; pipeline %s (%s, x%d), %d worker(s), out %s",
             self.options.scp.ae_title,
@@ -138,6 +197,10 @@ class Node:
         """Ask the node to stop (safe from a signal handler)."""
         self._stopping.set()
 
+    def request_flush(self) -> None:
+        """Try every pending forward now (SIGHUP; safe from a signal handler)."""
+        self.forwarder.request_flush()
+
     def stop(self, grace: float = 30.0) -> bool:
         """Stop accepting, close associations, cancel the jobs in hand and re-queue them.
 
@@ -161,7 +224,7 @@ class Node:
         self._collect(wait=grace)
         with self._jobs_lock:
             for key in list(self._running):
-                self.store.release(key, self.owner, error="node stopped")
+                self.store.release(key, self.owner, error="node stopped", refund=True)
                 self._running.pop(key)
         clean = self.pool is None or self.pool.shutdown(timeout=grace)
         if not clean:
@@ -175,76 +238,29 @@ class Node:
 
     def _on_received(self, got: Received) -> None:
         self.metrics.instances_received.inc()
-        self.assembly.arrived(got.study_uid, got.series_uid, got.path)
+        calling = getattr(got, "calling_ae", "")
+        self.assembly.arrived(got.study_uid, got.series_uid, got.path, calling)
+
+    def _on_duplicate(self, got: Received) -> None:
+        if self.intake.failed_series(got.series_uid):  # a resend after a failure: again
+            self.assembly.arrived(got.study_uid, got.series_uid, got.path, got.calling_ae)
 
     def _recover(self) -> None:
-        """Re-queue unfinished jobs; series still being received and spooled instances that
-        never became a job wait for their series timeout again."""
+        """Re-queue unfinished jobs and assemble again what never became a queued job
+        (:meth:`Intake.recover`); done jobs owe any destination added since; jobs that used up
+        their attempts in crashes are failed."""
         n = self.store.requeue_unfinished(KIND)
         if n:
             logger.info("re-queued %d unfinished job(s) of the last run", n)
-        known: dict[str, set[str]] = {}
-        waiting = 0
-        for job in self.store.jobs(kind=KIND):
-            known.setdefault(job.source_series_uid, set()).update(job.paths)
-            if job.state != "received":
-                continue
-            if job.config_hash != self.identity:
-                self.store.set_state(
-                    job.key, "failed", error="received under another pipeline; assembled again"
-                )
-            for path in map(Path, job.paths):  # its series timeout starts again
-                if path.is_file():
-                    self.assembly.arrived(job.study_uid, job.source_series_uid, path)
-                    waiting += 1
-        for study, series, paths in self.spool.series():
-            for path in paths:
-                if str(path) not in known.get(series, set()):
-                    self.assembly.arrived(study, series, path)
-                    waiting += 1
-        if waiting:
-            logger.info("%d spooled instance(s) not yet in a queued job: assembling again", waiting)
+        for job in self.intake.recover(self.assembly):
+            if job.state == "done" and self.options.forward:  # destinations may have changed
+                self.forwarder.forwards.open_missing(job.key, self.forwarder.names)
+                self.forwarder.forwards.settle(job.key, self.forwarder.names)
+            if job.state == "queued" and job.attempts >= self.options.max_attempts:
+                self._fail(job, f"gave up after {job.attempts} attempts: {job.error or '?'}")
 
     def _record(self, arrivals: Arrivals, state: Literal["received", "queued"]) -> None:
-        """Put a series' new instances in the job store: while it is still arriving as a
-        *received* job, once quiet as a *queued* one. They join the series' latest job if that
-        has not started; otherwise they make a new revision with every instance so far."""
-        series = arrivals.series_uid
-        mine = [
-            j
-            for j in self.store.jobs(kind=KIND)
-            if j.source_series_uid == series and j.config_hash == self.identity
-        ]
-        latest = max(mine, key=lambda j: j.revision, default=None)
-        tag = series[-8:]
-        if latest is not None and latest.state in ("received", "queued"):
-            self.store.add_paths(latest.key, arrivals.paths)
-            if state == "queued" and latest.state == "received":
-                job = self.store.set_state(latest.key, "queued")
-                rev = f" revision {job.revision}" if job.revision else ""
-                logger.info(
-                    "series ..%s: complete, %d instance(s) queued%s", tag, len(job.paths), rev
-                )
-            return
-        revision = 0 if latest is None else latest.revision + 1
-        folder = self.spool.root / arrivals.study_uid / series
-        paths = sorted({*map(str, folder.glob("*.dcm")), *map(str, arrivals.paths)})
-        key = derived_series_uid_for(series, self.config, revision)
-        self.store.add(
-            key,
-            kind=KIND,
-            study_uid=arrivals.study_uid,
-            source_series_uid=series,
-            config_hash=self.identity,
-            paths=paths,
-            revision=revision,
-            state=state,
-        )
-        rev = f" revision {revision}" if revision else ""
-        if state == "received":
-            logger.info("series ..%s: receiving%s", tag, rev)
-        else:
-            logger.info("series ..%s: complete, %d instance(s) queued%s", tag, len(paths), rev)
+        self.intake.record(arrivals, state)
 
     # -- scheduling ----------------------------------------------------------------------------
 
@@ -256,9 +272,10 @@ class Node:
                 for arrivals in self.assembly.due():
                     self._record(arrivals, "queued")
                 self._collect()
-                self._dispatch()
+                if not self.upkeep.check() and not self._pool_broken:
+                    self._dispatch()
                 self._renew()
-                self._update_gauges()
+                self._upkeep()
             except Exception:  # noqa: BLE001 - the loop must survive one bad round
                 logger.exception("scheduler round failed")
             self._stopping.wait(0.2)
@@ -283,23 +300,41 @@ class Node:
                 paths = {Path(p) for p in job.paths}
                 self._record(Arrivals(job.study_uid, job.source_series_uid, paths), "queued")
                 continue
+            paths, late = job.paths, bool(job.result and "sources" in job.result)
+            if late:  # a reopened job: only what has no output yet, with the saved model
+                done = set(job.result.get("sources", []))
+                paths = [p for p in job.paths if p not in done]
             logger.info(
-                "series ..%s: processing %d instance(s) (derived ..%s, attempt %d)",
+                "series ..%s: processing %d instance(s) (derived ..%s, attempt %d)%s",
                 job.source_series_uid[-8:],
-                len(job.paths),
+                len(paths),
                 job.key[-8:],
                 job.attempts,
+                " with its saved model" if late else "",
             )
             future = self.pool.submit(
-                job.key, job.paths, self.config, self.derived_dir, job.revision
+                job.key,
+                paths,
+                self.config,
+                self.derived_dir,
+                job.revision,
+                self.upkeep.model_path(job.key),
+                late,
             )
             with self._jobs_lock:
                 self._running[job.key] = (future, job, time.monotonic())
 
     def _renew(self) -> None:
+        """Extend the leases of the series in hand; a lease lost (the node stalled past it and
+        another owner took the job) means the result is no longer ours to record."""
         with self._jobs_lock:
             for key in list(self._running):
-                self.store.renew(key, self.owner, self.options.lease_seconds)
+                if not self.store.renew(key, self.owner, self.options.lease_seconds):
+                    if key not in self._lost:
+                        logger.warning(
+                            "derived ..%s: lease lost; its result will be dropped", key[-8:]
+                        )
+                    self._lost.add(key)
 
     def _collect(self, wait: float = 0.0) -> None:
         deadline = time.monotonic() + wait
@@ -316,110 +351,130 @@ class Node:
 
     def _finish(self, job: Job, future: Future, seconds: float) -> None:
         tag = job.source_series_uid[-8:]
+        if job.key in self._lost:  # cancelled for us: another owner has it, no attempt used
+            self._lost.discard(job.key)
+            logger.info("series ..%s: lease lost; left to its new owner", tag)
+            return
         try:
             result = future.result()
         except BrokenProcessPool as exc:
-            logger.error("series ..%s: worker died (%s); back to the queue", tag, describe(exc))
-            self.store.release(job.key, self.owner, error=f"worker died: {describe(exc)}")
-            self.pool.restart()
+            self._restart_pool()
+            self._failed(job, TRANSIENT, f"worker died: {describe(exc)}")
             return
         except Exception as exc:  # noqa: BLE001
-            logger.error("series ..%s: worker failed (%s); back to the queue", tag, describe(exc))
-            self.store.release(job.key, self.owner, error=describe(exc))
+            self._failed(job, classify(exc), describe(exc))
             return
         status = result.get("status")
         if status == "cancelled":
-            self.store.release(job.key, self.owner, error="cancelled: node stopping")
+            self.store.release(job.key, self.owner, error="cancelled: node stopping", refund=True)
             return
         self.metrics.processing_seconds.observe(seconds)
-        if status in ("done", "partial"):
-            failed = result.get("failed") or []
-            error = "; ".join(f"{f['path']}: {f['reason']}" for f in failed)
-            self.store.set_state(
-                job.key, "done", result=result, error=error, frames=result.get("frames")
-            )
-            self.metrics.series_processed.inc()
-            logger.info(
-                "series ..%s: %s, %d frame(s), %.1f s",
-                tag,
-                status,
-                result.get("frames", 0),
-                seconds,
-            )
-        else:
-            reason = result.get("reason") or "failed"
-            self.store.set_state(job.key, "failed", error=reason, result=result)
-            self.metrics.series_failed.inc()
-            logger.warning("series ..%s: failed: %s", tag, reason)
+        if status in ("done", "partial") and disk_full(result):
+            self._failed(job, TRANSIENT, "disk full while writing outputs")
+            return
+        if status not in ("done", "partial"):
+            self._failed(job, result.get("kind", PERMANENT), result.get("reason") or "failed")
+            return
+        result = merge_results(job.result, result)
+        failed = result.get("failed") or []
+        error = "; ".join(f"{f['path']}: {f['reason']}" for f in failed)
+        self.store.set_state(
+            job.key, "done", result=result, error=error, frames=result.get("frames")
+        )
+        if self.options.forward:
+            self.forwarder.open(job.key)
+        self.metrics.series_processed.inc()
+        logger.info(
+            "series ..%s: %s, %d frame(s), %.1f s", tag, status, result.get("frames", 0), seconds
+        )
 
-    def _update_gauges(self) -> None:
+    def _failed(self, job: Job, kind: str, reason: str) -> None:
+        """One attempt failed: cancelled -> back, attempt refunded; transient -> back after a
+        delay, until max_attempts; permanent -> failed now."""
+        tag = job.source_series_uid[-8:]
+        if kind == CANCELLED:
+            self.store.release(job.key, self.owner, error=reason, refund=True)
+        elif kind == TRANSIENT and job.attempts < self.options.max_attempts:
+            delay = retry_delay(
+                job.attempts, base=self.options.job_retry_base, cap=self.options.job_retry_max
+            )
+            logger.warning(
+                "series ..%s: attempt %d failed (%s); retry in %.0f s",
+                tag, job.attempts, reason, delay,
+            )  # fmt: skip
+            self.store.release(job.key, self.owner, error=reason, retry_at=time.time() + delay)
+        elif kind == TRANSIENT:
+            self._fail(job, f"gave up after {job.attempts} attempts: {reason}")
+        else:
+            self._fail(job, reason)
+
+    def _fail(self, job: Job, reason: str) -> None:
+        self.store.set_state(job.key, "failed", error=reason)
+        self.metrics.series_failed.inc()
+        logger.error(
+            "series ..%s: failed: %s (dicom-sr jobs retry %s, or send it again)",
+            job.source_series_uid[-8:], reason, job.key,
+        )  # fmt: skip
+
+    def _restart_pool(self) -> None:
+        try:
+            self.pool.restart()
+            self._pool_broken = ""
+        except Exception as exc:  # noqa: BLE001 - reported by /health; retried next failure
+            self._pool_broken = describe(exc)
+            logger.error("worker pool cannot be restarted: %s", self._pool_broken)
+
+    def _upkeep(self) -> None:
+        """Gauges every round; the retention sweep and spool size now and then."""
         counts = self.store.counts(KIND)
         self.metrics.queue_depth.set(counts["received"] + counts["queued"] + counts["processing"])
-
-    # -- forwarding ----------------------------------------------------------------------------
-
-    def _forward_loop(self) -> None:
-        dest = self.options.forward
-        if dest is None:
-            return
-        while not self._stopping.is_set():
-            try:
-                for job in self.store.due_forwards():
-                    if self._stopping.is_set():
-                        break
-                    self._forward(job, dest)
-            except Exception:  # noqa: BLE001
-                logger.exception("forwarding round failed")
-            self._stopping.wait(0.5)
-
-    def _forward(self, job: Job, dest: Destination) -> None:
-        result = dict(job.result or {})
-        outputs = [*result.get("already_done", []), *result.get("written", [])]
-        sent = list(result.get("forwarded", []))
-        tag = job.source_series_uid[-8:]
-        try:
-            sent += send_instances(
-                outputs,
-                dest,
-                calling_ae=self.options.scp.ae_title,
-                already_sent=sent,
-                ssl_context=self.options.forward_ssl_context,
-                on_sent=lambda _: self.metrics.instances_forwarded.inc(),
-            )
-        except ForwardError as exc:
-            sent += exc.sent
-            attempt = job.forward_attempts + 1
-            delay = retry_delay(attempt, base=self.options.retry_base, cap=self.options.retry_max)
-            self.metrics.forward_failures.inc()
-            logger.warning(
-                "series ..%s: forward to %s failed (%s); attempt %d, retry in %.0f s",
-                tag, dest, exc, attempt, delay,
-            )  # fmt: skip
-            self.store.set_state(job.key, "done", result={**result, "forwarded": sent})
-            self.store.forward_failed(job.key, str(exc), time.time() + delay)
-            return
-        except Exception as exc:  # noqa: BLE001 - e.g. an output file gone: retry later
-            delay = retry_delay(
-                job.forward_attempts + 1, base=self.options.retry_base, cap=self.options.retry_max
-            )
-            logger.warning("series ..%s: forward failed: %s", tag, describe(exc))
-            self.store.forward_failed(job.key, describe(exc), time.time() + delay)
-            return
-        self.store.set_state(job.key, "forwarded", result={**result, "forwarded": sent})
-        logger.info("series ..%s: forwarded %d instance(s) to %s", tag, len(sent), dest)
+        self.metrics.disk_free_bytes.set(self.upkeep.free)
+        self.metrics.disk_low.set(1 if self.upkeep.low else 0)
+        if self.options.forward:
+            self.forwarder.update_metrics()
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            retention = self.options.retention
+            self._next_sweep = now + (60.0 if retention is None else min(60.0, retention / 4))
+            self.upkeep.sweep()
+            self.metrics.spool_bytes.set(self.upkeep.spool_bytes())
+        self.metrics.healthy.set(1 if not self.problems() else 0)
 
     # -- health --------------------------------------------------------------------------------
 
+    def problems(self) -> list[dict[str, Any]]:
+        """What needs an operator now; empty when healthy."""
+        out: list[dict[str, Any]] = []
+        if self._stopping.is_set():
+            out.append({"reason": "stopping"})
+        for dest, (seconds, error) in self.forwarder.failing_for().items():
+            if seconds >= self.options.forward_alert:
+                out.append(
+                    {"reason": "forward_failing", "destination": dest,
+                     "seconds": round(seconds), "error": error}
+                )  # fmt: skip
+        if self.upkeep.low:
+            out.append({"reason": "disk_low", "detail": self.upkeep.low})
+        if self._pool_broken:
+            out.append({"reason": "worker_pool_broken", "detail": self._pool_broken})
+        return out
+
     def status(self) -> dict[str, Any]:
-        """What ``/health`` answers: ok while serving, job counts, series still receiving."""
+        """What ``/health`` answers: "ok" (200) or why not (503), job counts, forwarding."""
+        problems = self.problems()
+        stopping = self._stopping.is_set()
+        backlog = self.forwarder.forwards.backlog(self.forwarder.names)
         return {
-            "status": "stopping" if self._stopping.is_set() else "ok",
+            "status": "stopping" if stopping else "unhealthy" if problems else "ok",
+            "problems": problems,
             "ae_title": self.options.scp.ae_title,
             "port": self.port,
             "jobs": self.store.counts(KIND),
             "assembling": self.assembly.pending(),
             "running": len(self._running),
             "workers": self.options.workers,
+            "forward_backlog": {d: n for d, (n, _) in backlog.items()},
+            "disk_free": self.upkeep.free,
         }
 
 

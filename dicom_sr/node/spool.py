@@ -59,6 +59,7 @@ class Received:
     series_uid: str
     sop_uid: str
     new: bool
+    calling_ae: str = ""
 
 
 #: pydicom warnings that mean the byte stream is not what its transfer syntax says.

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from dicom_sr.config import PipelineConfig
-from dicom_sr.errors import Cancelled, describe
+from dicom_sr.errors import PERMANENT, Cancelled, classify, describe
 from dicom_sr.logs import route_warnings
 
-__all__ = ["LOG_FORMAT", "WorkerPool", "run_series_job"]
+__all__ = ["LOG_FORMAT", "WorkerPool", "disk_full", "merge_results", "run_series_job"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,18 +76,29 @@ def _cancelled() -> bool:
 
 
 def run_series_job(
-    key: str, paths: list[str], config: PipelineConfig, out_dir: str, revision: int
+    key: str,
+    paths: list[str],
+    config: PipelineConfig,
+    out_dir: str,
+    revision: int,
+    model_path: str | None = None,
+    use_model: bool = False,
 ) -> dict[str, Any]:
     """In the worker: discover ``paths`` (one series) and run the pipeline on it.
 
     Returns the series result's :meth:`~dicom_sr.pipeline.SeriesResult.to_dict`, with
-    ``status`` "cancelled" when the node asked to stop; never raises.
+    ``sources`` (the inputs that got an output), ``status`` "cancelled" when the node asked to
+    stop, and for a failure ``kind`` (:func:`~dicom_sr.errors.classify`: "permanent" or
+    "transient"); never raises. The model trained for the series is saved to ``model_path``;
+    with ``use_model`` it is loaded from there instead and nothing is trained (late instances
+    join their series' derived series, upscaled by the same model).
     """
     global _busy
     _busy = True
     if _preloader is not None:
         _preloader.join()  # two threads importing one package can see it half-initialised
     from dicom_sr.dicom.discover import discover
+    from dicom_sr.engine import load_weights, save_weights
     from dicom_sr.pipeline import process_series
 
     tag = key[-8:]
@@ -108,7 +119,9 @@ def run_series_job(
         found = discover(paths, max_pixels=config.output.max_pixels)
         if len(found.series) != 1:
             why = "; ".join(f"{s.path}: {s.reason}" for s in found.skipped) or "no series"
-            return {"status": "failed", "reason": f"{len(found.series)} series in the job: {why}"}
+            reason = f"{len(found.series)} series in the job: {why}"
+            return {"status": "failed", "kind": PERMANENT, "reason": reason}
+        model = load_weights(model_path, scale=config.engine.scale) if use_model else None
         result = process_series(
             found.series[0],
             config,
@@ -116,18 +129,45 @@ def run_series_job(
             progress=progress,
             cancel=_cancelled,
             revision=revision,
+            model=model,
         )
         out = result.to_dict()
+        out["sources"] = [str(r.source) for r in result.instances if r.status != "failed"]
         if result.derived_series_uid != key:
             out["status"] = "failed"
+            out["kind"] = PERMANENT
             out["reason"] = f"derived series {result.derived_series_uid} is not the job's {key}"
+        elif out["status"] == "failed":
+            out["kind"] = PERMANENT  # the pipeline judged every input: the same on a retry
+        elif model_path and result.model is not None and not use_model:
+            save_weights(result.model, model_path)
         return out
     except Cancelled:
         logger.info("derived ..%s: cancelled, back to the queue", tag)
         return {"status": "cancelled", "reason": "cancelled"}
     except Exception as exc:  # noqa: BLE001 - one series' failure, reported, never raised
-        logger.debug("derived ..%s failed", tag, exc_info=True)
-        return {"status": "failed", "reason": describe(exc)}
+        kind = classify(exc)
+        if kind == PERMANENT:
+            logger.error("derived ..%s failed: %s", tag, describe(exc), exc_info=True)
+        else:
+            logger.warning("derived ..%s failed (%s): %s", tag, kind, describe(exc))
+        return {"status": "failed", "kind": kind, "reason": describe(exc)}
+
+
+def merge_results(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """A late instances' result joined to the job's earlier one (outputs and sources add up)."""
+    if not old:
+        return new
+    out = dict(new)
+    for key in ("written", "already_done", "sources"):
+        out[key] = sorted({*old.get(key, []), *new.get(key, [])})
+    out["frames"] = int(old.get("frames", 0)) + int(new.get("frames", 0))
+    return out
+
+
+def disk_full(result: dict[str, Any]) -> bool:
+    """Some instance failed for want of disk space (worth another attempt later)."""
+    return any("errno 28" in f["reason"] or "errno 122" in f["reason"] for f in result["failed"])
 
 
 class WorkerPool:
@@ -150,10 +190,26 @@ class WorkerPool:
         )
 
     def submit(
-        self, key: str, paths: list[str], config: PipelineConfig, out_dir: Path, revision: int
+        self,
+        key: str,
+        paths: list[str],
+        config: PipelineConfig,
+        out_dir: Path,
+        revision: int,
+        model_path: Path | None = None,
+        use_model: bool = False,
     ) -> Future:
         """Run one series job; the future's result is :func:`run_series_job`'s dict."""
-        return self._executor.submit(run_series_job, key, paths, config, str(out_dir), revision)
+        return self._executor.submit(
+            run_series_job,
+            key,
+            paths,
+            config,
+            str(out_dir),
+            revision,
+            None if model_path is None else str(model_path),
+            use_model,
+        )
 
     def restart(self) -> None:
         """Replace a broken pool (a worker was killed) with a fresh one."""

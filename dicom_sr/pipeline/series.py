@@ -159,6 +159,7 @@ def process_series(
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
     revision: int = 0,
+    model: TrainedModel | None = None,
 ) -> SeriesResult:
     """Super-resolve every frame of one series and write its derived series under ``out_dir``.
 
@@ -168,8 +169,10 @@ def process_series(
     :class:`InstanceResult` with its reason and the other instances still go through. Only
     :class:`~dicom_sr.errors.Cancelled` leaves, when ``cancel()`` turns true (polled every
     training iteration and every frame). ``revision`` > 0 makes a new, versioned derived
-    series of the same source (its own UIDs). A lock per derived series keeps two runs on one
-    ``out_dir`` from computing the same series at once.
+    series of the same source (its own UIDs). ``model``: upscale with this model as it is,
+    no training (a node's late instances join their derived series with the model saved for
+    it). A lock per derived series keeps two runs on one ``out_dir`` from computing the same
+    series at once.
     """
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
@@ -212,7 +215,7 @@ def process_series(
                 with FrameCache(spool_dir=out_dir) as cache:
                     _derive_series(
                         series, todo, result, config, out_dir, init, on_train, emit,
-                        check_cancel, cache, revision,
+                        check_cancel, cache, revision, model,
                     )  # fmt: skip
     except Cancelled:
         raise
@@ -281,12 +284,16 @@ def _derive_series(
     check_cancel: Callable[[], None],
     cache: FrameCache | None = None,
     revision: int = 0,
+    model: TrainedModel | None = None,
 ) -> None:
-    """Train once for the series, then write each pending instance; failures go in ``result``.
-    Frames decoded for training are kept in `cache` for the write, their last use."""
+    """Train once for the series (unless ``model`` is given), then write each pending instance;
+    failures go in ``result``. Frames decoded for training are kept in `cache` for the write,
+    their last use."""
     t_train = time.perf_counter()
     try:
-        result.model = train_series(series, config, init=init, progress=on_train, cache=cache)
+        result.model = model or train_series(
+            series, config, init=init, progress=on_train, cache=cache
+        )
         result.train_seconds = time.perf_counter() - t_train
         result.guard = dict(result.model.info.get("guard") or {})
         if result.guard:
