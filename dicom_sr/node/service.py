@@ -87,7 +87,9 @@ class Node:
         """Recover from the last run, then serve DICOM, health and the two loops."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._recover()
-        self.pool = WorkerPool(self.options.workers, self.options.log_level)
+        self.pool = WorkerPool(
+            self.options.workers, self.options.log_level, device=self.config.engine.device
+        )
         ae = make_ae(self.options.scp)
         handler = StoreHandler(
             self.spool,
