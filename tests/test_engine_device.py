@@ -220,3 +220,13 @@ def test_the_generator_is_built_once_per_model_and_device():
 def test_a_cpu_worker_does_not_start_cuda():
     assert device.warm_up("cpu") is False
     assert api.select_device("cpu") == torch.device("cpu")
+
+
+def test_a_pickled_model_leaves_its_built_generators_behind():
+    import pickle
+
+    model = _model("zssr", 2, 2)
+    model.generator(2, torch.device("cpu"))
+    copy = pickle.loads(pickle.dumps(model))
+    assert copy._nets == {} and copy.generator_state.keys() == model.generator_state.keys()
+    assert len(model._nets) == 1

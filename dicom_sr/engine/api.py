@@ -85,6 +85,11 @@ class TrainedModel:
         default_factory=dict, init=False, repr=False, compare=False
     )
 
+    def __getstate__(self) -> dict[str, Any]:  # a pickled model leaves its device copies
+        state = dict(self.__dict__)
+        state["_nets"] = {}
+        return state
+
     def generator(self, scale: int, device: torch.device) -> torch.nn.Module:
         """The generator (eval mode) on ``device``, built on the first call and kept."""
         key = (scale, str(device))

@@ -306,9 +306,10 @@ class _History:
         """Move the pending terms to ``values`` (one device-to-host copy); return ``values``."""
         keys = [k for k, v in self._pending.items() if v]
         if keys:
-            flat = torch.stack([torch.stack(self._pending[k]).float() for k in keys])
-            for k, row in zip(keys, flat.cpu().tolist(), strict=True):
-                self.values[k].extend(row)
+            flat = torch.cat([torch.stack(self._pending[k]).float() for k in keys]).cpu()
+            rows = flat.split([len(self._pending[k]) for k in keys])
+            for k, row in zip(keys, rows, strict=True):
+                self.values[k].extend(row.tolist())
         self._pending.clear()
         return self.values
 
