@@ -230,3 +230,17 @@ def test_a_pickled_model_leaves_its_built_generators_behind():
     copy = pickle.loads(pickle.dumps(model))
     assert copy._nets == {} and copy.generator_state.keys() == model.generator_state.keys()
     assert len(model._nets) == 1
+
+
+def test_the_identity_on_a_gpu_machine_starts_no_cuda(monkeypatch):
+    """The ``listen`` parent hashes the identity: on a GPU machine that must not create a CUDA
+    context (it would hold GPU memory for the life of the node)."""
+
+    def started(*_a, **_k):
+        raise AssertionError("CUDA was started")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # counts, starts nothing
+    for name in ("get_device_capability", "is_bf16_supported", "init", "current_device"):
+        monkeypatch.setattr(torch.cuda, name, started)
+    ident = pixel_identity(EngineConfig(method="cyclegan", device="auto"))
+    assert ident["device"] == "cuda" and ident["precision"] == "auto:cc8"

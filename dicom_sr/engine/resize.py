@@ -311,7 +311,7 @@ def upscale_np(
 
     ``"nearest"`` replicates each pixel ``s x s`` times; ``"bicubic"`` is :func:`upscale_bicubic`
     clipped to each channel's input range (bicubic overshoots at edges), computed on
-    ``device`` (a colour frame's chroma on the GPU: 0.27 s a 1280x960 frame on the CPU).
+    ``device`` (a colour frame's chroma on the GPU rather than a slow CPU pass per frame).
     Returns float32.
     """
     arr = np.asarray(img, dtype=np.float32)
