@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from dicom_sr.config import EngineConfig
+from dicom_sr.engine.device import device_kind, repeatable, select_device
 from dicom_sr.engine.guard import hold_aside, judge
 from dicom_sr.engine.guard import skipped as guard_skipped
 from dicom_sr.engine.infer import (
@@ -78,17 +79,26 @@ class TrainedModel:
     scale: int
     generator_state: dict[str, torch.Tensor] | None
     info: dict[str, Any] = field(default_factory=dict)
+    #: generators built from ``generator_state``, per (scale, device): built once, reused by
+    #: every frame of a series (not saved, not compared)
+    _nets: dict[tuple[int, str], torch.nn.Module] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
+    def __getstate__(self) -> dict[str, Any]:  # a pickled model leaves its device copies
+        state = dict(self.__dict__)
+        state["_nets"] = {}
+        return state
 
-def select_device(name: str) -> torch.device:
-    """``"auto"``: CUDA when available, else CPU; ``"cpu"``; ``"cuda"`` (raises if absent)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise ValueError(f"unknown device {name!r} (expected 'auto', 'cpu' or 'cuda')")
-    return torch.device(name)
+    def generator(self, scale: int, device: torch.device) -> torch.nn.Module:
+        """The generator (eval mode) on ``device``, built on the first call and kept."""
+        key = (scale, str(device))
+        if key not in self._nets:
+            if self.generator_state is None:
+                raise ValueError(f"a {self.method!r} model has no generator weights")
+            self._nets.clear()  # one device at a time: do not hold a copy on each
+            self._nets[key] = _generator(scale, self.generator_state).to(device)
+        return self._nets[key]
 
 
 def pixel_identity(config: EngineConfig) -> dict[str, str]:
@@ -96,15 +106,25 @@ def pixel_identity(config: EngineConfig) -> dict[str, str]:
 
     The perceptual loss source (a VGG19 file found in the hub cache changes the training) with
     the file's digest, the device kind (CPU and CUDA kernels differ in the last bits) and the
-    inference precision that ``engine.precision`` resolves to on this machine. The
-    pipeline hashes this with the configuration into the derived UIDs, so one UID is one set of
-    pixels. Seed and thread count are in the configuration hash or do not change the pixels.
+    inference precision that ``engine.precision`` resolves to. The pipeline hashes this with
+    the configuration into the derived UIDs, so one UID is one set of pixels. Seed and thread
+    count are in the configuration hash or do not change the pixels.
+
+    Works for ``device = "cuda"`` on a machine without CUDA (planning for GPU workers) and
+    never starts CUDA (the ``listen`` parent must not hold GPU memory). On CUDA, ``"auto"``
+    precision is recorded as its rule, ``auto:cc8`` (bf16 on compute capability 8 or more,
+    else fp32), because a host without the GPU cannot resolve it: set ``engine.precision``
+    to pin the arithmetic across a mixed fleet. On the CPU it resolves on this machine.
     """
     method = get_method(config.method)
-    device = select_device(config.device)
-    identity = {"device": device.type}
-    if method.learned:  # "auto" resolves per machine: bf16 where native, else fp32
-        identity["precision"] = precision(config, device)
+    kind = device_kind(config.device)
+    identity = {"device": kind}
+    if method.learned:
+        explicit = config.bf16 or config.precision != "auto"
+        if kind == "cuda" and not explicit:
+            identity["precision"] = "auto:cc8"
+        else:  # "auto" on the CPU resolves per machine: bf16 where native, else fp32
+            identity["precision"] = precision(config, torch.device(kind))
     if method.learned and config.method == "cyclegan" and config.losses.perceptual > 0:
         from dicom_sr.engine.nets import find_vgg19_weights
 
@@ -177,6 +197,8 @@ def _fit_nothing(name: str) -> Callable[..., TrainedModel]:
     return fit_
 
 
+# Every apply function moves ``lr`` to ``device`` first: whatever it builds from ``lr`` is then
+# on that device (an x4 finished from an x2 model used to mix a CPU ``lr`` with a CUDA output).
 def _apply_bicubic(lr, model, config, device) -> torch.Tensor:
     return upscale_bicubic(lr.to(device), config.scale)
 
@@ -258,11 +280,12 @@ def guard_decision(model: TrainedModel) -> str:
 
 
 def _apply_learned(lr, model, config, device) -> torch.Tensor:
+    lr = lr.to(device)
     if guard_decision(model) == "ibp":
         return _apply_ibp(lr, model, config, device)
     ms = learned_scale(model)
     cfg = config if ms == config.scale else config.model_copy(update={"scale": ms})
-    sr = self_ensemble(_generator(ms, model.generator_state), lr, cfg, device)
+    sr = self_ensemble(model.generator(ms, device), lr, cfg, device)
     w = model_weight(config)
     if w < 1.0:
         sr = blend_with_ibp(sr, _apply_ibp(lr, model, cfg, device), w)
@@ -317,9 +340,16 @@ def fit(
             raise ValueError(f"frame {i}: expected a 2-D luminance frame, got {np.shape(f)}")
     _set_threads(config)
     device = select_device(config.device)
-    model = method.fit(
-        frames, config, init=init, iterations=iterations, lr=lr, progress=progress, device=device
-    )
+    with repeatable(device):
+        model = method.fit(
+            frames,
+            config,
+            init=init,
+            iterations=iterations,
+            lr=lr,
+            progress=progress,
+            device=device,
+        )
     logger.debug("fit %s x%d: %s", model.method, model.scale, model.info.get("iterations"))
     return model
 
@@ -351,9 +381,8 @@ def upscale(frame: np.ndarray, model: TrainedModel, config: EngineConfig) -> np.
         raise ValueError(f"a {model.method!r} model needs generator weights; it has none")
     _set_threads(config)
     device = select_device(config.device)
-    lr = _as_frame(frame)
-    with torch.inference_mode():
-        sr = method.apply(lr, model, config, device)
+    with repeatable(device), torch.inference_mode():
+        sr = method.apply(_as_frame(frame).to(device), model, config, device)
     return _to_numpy(sr)
 
 

@@ -102,7 +102,7 @@ def build_fathers(
     logger.debug("%d fathers, crop %d px", len(images), crop)
     positions = None
     if config.crop_sampling == "content":
-        positions = [crop_weights(img[0, 0], crop).cpu() for img in images]
+        positions = [crop_weights(img[0, 0], crop) for img in images]
     elif any(b is not None for b in bands):
         positions = [torch.ones(i.shape[-2] - crop + 1, i.shape[-1] - crop + 1) for i in images]
     if positions is not None:
@@ -132,9 +132,12 @@ def crop_weights(image: torch.Tensor, crop: int, floor: float = 0.1) -> torch.Te
     """Weight of every ``crop`` x ``crop`` window of ``image`` (H, W): its standard deviation.
 
     Computed from integral images in O(H W). ``floor`` times the mean weight is added, so that
-    flat windows stay possible, only rarer. Shape (H - crop + 1, W - crop + 1).
+    flat windows stay possible, only rarer. Shape (H - crop + 1, W - crop + 1), on the CPU.
+
+    Always computed on the CPU: a float64 ``cumsum`` on CUDA is not deterministic (and raises
+    under ``torch.use_deterministic_algorithms``), and the weights are sampled on the CPU.
     """
-    x = image.to(torch.float64)
+    x = image.detach().to("cpu", torch.float64)
     n = float(crop * crop)
 
     def window_sums(t: torch.Tensor) -> torch.Tensor:
@@ -159,9 +162,16 @@ def _augment(crop: torch.Tensor, mode: str, gen: torch.Generator) -> torch.Tenso
 
 
 def sample_batch(
-    fathers: Fathers, config: EngineConfig, gen: torch.Generator
+    fathers: Fathers,
+    config: EngineConfig,
+    gen: torch.Generator,
+    noise_gen: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One batch: LR sons ``x`` (B,1,c/s,c/s) and HR fathers' crops ``y`` (B,1,c,c)."""
+    """One batch: LR sons ``x`` (B,1,c/s,c/s) and HR fathers' crops ``y`` (B,1,c,c).
+
+    ``gen`` (a CPU generator) draws the crops; the sons' noise is drawn on their device with
+    ``noise_gen`` when given (no host-to-device copy), else with ``gen`` on the CPU.
+    """
     c = fathers.crop
     picks = torch.multinomial(fathers.probs, config.batch_size, replacement=True, generator=gen)
     crops = []
@@ -179,6 +189,7 @@ def sample_batch(
     y = torch.cat(crops, dim=0)
     x = downscale(y, config.scale, config)
     if config.noise_std > 0:
-        noise = torch.randn(x.shape, generator=gen).to(x.device)
+        g = noise_gen if noise_gen is not None else gen
+        noise = torch.randn(x.shape, generator=g, device=g.device).to(x.device)
         x = x + config.noise_std * noise
     return x, y

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from dicom_sr.config import EngineConfig
+from dicom_sr.engine.device import cuda_bf16_native
 from dicom_sr.engine.resize import downscale, upscale_bicubic
 
 __all__ = [
@@ -92,10 +93,12 @@ def _cpu_flags() -> frozenset[str]:
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Does ``device`` compute bf16 natively? CUDA with bf16 support; a CPU with AVX512-BF16
-    or AMX (``/proc/cpuinfo`` flags; torch's own capability string when that says AMX)."""
+    """Does ``device`` compute bf16 natively? CUDA of compute capability 8 or more (not
+    ``torch.cuda.is_bf16_supported()``, which counts emulation: V100, T4); a CPU with
+    AVX512-BF16 or AMX (``/proc/cpuinfo`` flags; torch's own capability string when that
+    says AMX)."""
     if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
+        return cuda_bf16_native(device)
     if device.type != "cpu":
         return False
     if "AMX" in torch.backends.cpu.get_cpu_capability().upper():
@@ -107,7 +110,7 @@ def precision(config: EngineConfig, device: torch.device) -> str:
     """The arithmetic inference runs in on ``device``: ``"bf16"`` or ``"fp32"``.
 
     ``config.bf16`` forces bf16 (the older switch); ``config.precision`` ``"auto"`` takes bf16
-    only where it is native (on other CPUs bf16 is emulated and slower than fp32).
+    only where it is native (elsewhere bf16 is emulated and slower than fp32).
     """
     if config.bf16 or config.precision == "bf16":
         return "bf16"
@@ -157,6 +160,7 @@ def finish_scale(mid: torch.Tensor, lr: torch.Tensor, config: EngineConfig) -> t
     """From the model's output at :func:`model_scale` to ``config.scale``: bicubic, then
     ``config.back_projection_iters`` back projections onto ``lr`` at the full scale."""
     s = config.scale
+    lr = lr.to(mid.device)
     ms = mid.shape[-1] // lr.shape[-1]
     if mid.shape[-2:] != (ms * lr.shape[-2], ms * lr.shape[-1]) or s % ms:
         raise ValueError(

@@ -135,7 +135,9 @@ class Generator(nn.Module):
             self.fuse.bias.zero_()
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
-        if torch.is_autocast_enabled(lr.device.type):
+        if torch.amp.is_autocast_available(lr.device.type) and torch.is_autocast_enabled(
+            lr.device.type
+        ):
             return self._forward_mixed(lr)
         y = upscale_bicubic(lr, self.scale)
         recs = [y + branch(y) for branch in self.branches]

@@ -7,8 +7,11 @@ MATLAB's symmetric (edge-repeating) mirror. Upscaling uses Keys' cubic (a = -0.5
 stretches the kernel by ``1/s`` (antialiasing) exactly as ``imresize`` does.
 
 Each axis is resampled by a short list of taps (index, weight) per output pixel, computed once
-per shape and cached, and applied as one dense (out, in) matrix product per axis (BLAS on CPU,
-cuBLAS on CUDA; faster than gathers up to the largest frames we accept, 2560 px).
+per shape and cached. On the CPU they are applied as one dense (out, in) matrix product per
+axis (BLAS; faster than gathers up to the largest frames we accept, 2560 px). Elsewhere (CUDA)
+an integer factor makes the taps periodic, and they are applied as a 4-to-10-tap strided
+convolution per axis after a mirrored gather (:func:`_polyphase`): the same sums for a tiny
+fraction of the dense product's work (``in_len`` multiply-adds per output pixel).
 
 :func:`downscale` with ``kernel="gaussian"`` blurs with a Gaussian PSF and samples the blurred
 image at the *same* LR centres as the bicubic grid; for an even factor those centres fall between
@@ -29,8 +32,10 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as nnf
 
 from dicom_sr.config import EngineConfig
+from dicom_sr.engine.device import repeatable
 
 __all__ = ["downscale", "upscale_bicubic", "resize_bicubic", "upscale_np", "cubic", "taps"]
 
@@ -47,16 +52,15 @@ def cubic(x: np.ndarray) -> np.ndarray:
     return near + far
 
 
-@lru_cache(maxsize=256)
-def taps(
-    in_len: int, out_len: int, scale: float, kernel: Kernel = "bicubic", sigma: float = 0.0
+def _raw_taps(
+    in_len: int, out_len: int, scale: float, kernel: Kernel, sigma: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Indices ``(out_len, P)`` and weights ``(out_len, P)`` resampling one axis.
+    """Unmirrored indices ``(out_len, P)`` and weights ``(out_len, P)`` resampling one axis.
 
     A port of MATLAB's ``contributions``: ``scale`` is out/in; bicubic is antialiased when
     ``scale < 1``; ``kernel="gaussian"`` uses a Gaussian of ``sigma`` input pixels (no extra
     stretching, the PSF is the antialiasing filter) truncated at 4 sigma. Weights of each
-    output pixel sum to one; out-of-range indices are mirrored symmetrically.
+    output pixel sum to one; indices may lie outside ``[0, in_len)`` (see :func:`_mirror`).
     """
     if in_len < 1 or out_len < 1:
         raise ValueError(f"cannot resample an axis of {in_len} pixels to {out_len}")
@@ -85,9 +89,26 @@ def taps(
     idx = left[:, None] + np.arange(n_taps)[None, :]
     w = h(u[:, None] - idx)
     w = w / w.sum(axis=1, keepdims=True)
-    # MATLAB's symmetric padding: [0, 1, ..., n-1, n-1, ..., 0] repeated
+    return idx.astype(np.int64), w
+
+
+def _mirror(idx: np.ndarray, in_len: int) -> np.ndarray:
+    """MATLAB's symmetric padding: [0, 1, ..., n-1, n-1, ..., 0] repeated."""
     mirror = np.concatenate([np.arange(in_len), np.arange(in_len - 1, -1, -1)])
-    idx = mirror[np.mod(idx.astype(np.int64), 2 * in_len)]
+    return mirror[np.mod(idx, 2 * in_len)]
+
+
+@lru_cache(maxsize=256)
+def taps(
+    in_len: int, out_len: int, scale: float, kernel: Kernel = "bicubic", sigma: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(out_len, P)`` and weights ``(out_len, P)`` resampling one axis.
+
+    A port of MATLAB's ``contributions`` (see :func:`_raw_taps`); out-of-range indices are
+    mirrored symmetrically.
+    """
+    idx, w = _raw_taps(in_len, out_len, scale, kernel, sigma)
+    idx = _mirror(idx, in_len)
     keep = np.any(w != 0, axis=0)
     return np.ascontiguousarray(idx[:, keep]), np.ascontiguousarray(w[:, keep])
 
@@ -117,12 +138,115 @@ def _matrix_on(
         return mat.to(device=device, dtype=dtype)
 
 
-def _resample_axis(
-    x: torch.Tensor, dim: int, out_len: int, scale: float, kernel: Kernel, sigma: float = 0.0
+@lru_cache(maxsize=64)
+def _polyphase(
+    in_len: int, out_len: int, scale: float, kernel: Kernel, sigma: float
+) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """The taps as a short filter, where an integer factor makes them periodic; else None.
+
+    Upscaling by ``s``: output ``j * s + r`` is phase ``r`` of a window starting at input
+    ``j``; downscaling by ``s``: output ``j`` is the one phase of a window starting at
+    ``j * s``. Returns the padded input's indices (mirrored, length ``L``), the weights
+    ``(phases, K)`` and the window step: the same taps as :func:`taps`, so the same result
+    up to float rounding, for ``K`` (4 to 10) multiply-adds per output instead of ``in_len``.
+    """
+    if scale >= 1:
+        phases, step = round(scale), 1
+        if abs(scale - phases) > 1e-9 or out_len != in_len * phases:
+            return None
+    else:
+        phases, step = 1, round(1.0 / scale)
+        if abs(1.0 / scale - step) > 1e-9 or out_len != math.ceil(in_len / step):
+            return None
+    idx, w = _raw_taps(in_len, out_len, scale, kernel, sigma)
+    n_j, p = out_len // phases, idx.shape[1]
+    offset = idx[:, 0].reshape(n_j, phases) - (np.arange(n_j) * step)[:, None]
+    weights = w.reshape(n_j, phases, p)
+    if (offset != offset[0]).any() or not np.allclose(weights, weights[0], rtol=0, atol=1e-12):
+        return None
+    c = offset[0] - offset[0].min()
+    full = np.zeros((phases, p + int(c.max())))
+    for r in range(phases):
+        full[r, c[r] : c[r] + p] = weights[0, r]
+    nz = np.flatnonzero(np.any(full != 0, axis=0))
+    first, last = int(nz[0]), int(nz[-1]) + 1
+    full = full[:, first:last]
+    start = int(offset[0].min()) + first
+    positions = start + np.arange(step * (n_j - 1) + full.shape[1])
+    return _mirror(positions, in_len), full, step
+
+
+@lru_cache(maxsize=64)
+def _filter_on(
+    in_len: int,
+    out_len: int,
+    scale: float,
+    kernel: Kernel,
+    sigma: float,
+    device: str,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+    """:func:`_polyphase` as tensors on ``device`` (built outside inference mode, as
+    :func:`_matrix_on`)."""
+    pp = _polyphase(in_len, out_len, scale, kernel, sigma)
+    if pp is None:
+        return None
+    pad, weights, step = pp
+    with torch.inference_mode(False):
+        return (
+            torch.from_numpy(pad).to(device),
+            torch.from_numpy(weights).to(device=device, dtype=dtype),
+            step,
+        )
+
+
+def _filter_axis(
+    x: torch.Tensor, dim: int, filt: tuple[torch.Tensor, torch.Tensor, int]
 ) -> torch.Tensor:
-    """Resample ``x`` along ``dim`` (-1 or -2) to ``out_len`` pixels."""
+    """Apply a :func:`_filter_on` filter along ``dim``: mirror-pad by a gather, then one
+    strided convolution with a ``K``-tap kernel per phase, the phases interleaved."""
+    pad, weights, step = filt
+    phases, k = weights.shape
+    xp = x.index_select(dim, pad)
+    lead, (h, w) = xp.shape[:-2], xp.shape[-2:]
+    xp = xp.reshape(-1, 1, h, w)
+    if dim == -1:
+        y = nnf.conv2d(xp, weights.view(phases, 1, 1, k), stride=(1, step))
+        if phases > 1:  # (B, r, H, j) -> (B, H, j, r) -> output column j * s + r
+            y = y.permute(0, 2, 3, 1)
+        y = y.reshape(*lead, y.shape[-3] if phases > 1 else y.shape[-2], -1)
+    else:
+        y = nnf.conv2d(xp, weights.view(phases, 1, k, 1), stride=(step, 1))
+        if phases > 1:  # (B, r, j, W) -> (B, j, r, W) -> output row j * s + r
+            y = y.permute(0, 2, 1, 3)
+        y = y.reshape(*lead, -1, y.shape[-1])
+    return y
+
+
+def _resample_axis(
+    x: torch.Tensor,
+    dim: int,
+    out_len: int,
+    scale: float,
+    kernel: Kernel,
+    sigma: float = 0.0,
+    *,
+    separable: bool | None = None,
+) -> torch.Tensor:
+    """Resample ``x`` along ``dim`` (-1 or -2) to ``out_len`` pixels.
+
+    ``separable``: short filters (:func:`_polyphase`) where the factor is an integer, instead
+    of the dense matrix. None: everywhere but on the CPU, where the dense BLAS product is
+    fast enough and keeps the CPU's pixels what they were.
+    """
     in_len = x.shape[dim]
     dtype = x.dtype if x.dtype.is_floating_point else torch.float32
+    if separable is None:
+        separable = x.device.type != "cpu"
+    if separable:
+        filt = _filter_on(in_len, out_len, float(scale), kernel, float(sigma), str(x.device), dtype)
+        if filt is not None:
+            return _filter_axis(x.to(dtype), dim, filt)
     mat = _matrix_on(in_len, out_len, float(scale), kernel, float(sigma), str(x.device), dtype)
     if dim == -1:
         return torch.matmul(x.to(dtype), mat.T)
@@ -178,12 +302,17 @@ def downscale(x: torch.Tensor, scale: int, config: EngineConfig) -> torch.Tensor
 
 
 def upscale_np(
-    img: np.ndarray, scale: int, mode: Literal["bicubic", "nearest"] = "bicubic"
+    img: np.ndarray,
+    scale: int,
+    mode: Literal["bicubic", "nearest"] = "bicubic",
+    device: torch.device | str = "cpu",
 ) -> np.ndarray:
     """Upscale a numpy image (H, W) or (H, W, C) by an integer factor.
 
     ``"nearest"`` replicates each pixel ``s x s`` times; ``"bicubic"`` is :func:`upscale_bicubic`
-    clipped to each channel's input range (bicubic overshoots at edges). Returns float32.
+    clipped to each channel's input range (bicubic overshoots at edges), computed on
+    ``device`` (a colour frame's chroma on the GPU rather than a slow CPU pass per frame).
+    Returns float32.
     """
     arr = np.asarray(img, dtype=np.float32)
     if arr.ndim not in (2, 3):
@@ -193,10 +322,11 @@ def upscale_np(
     if mode != "bicubic":
         raise ValueError(f"unknown upscaling mode {mode!r} (expected 'bicubic' or 'nearest')")
     planes = arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
-    t = torch.from_numpy(np.ascontiguousarray(planes))[None]
-    with torch.inference_mode():
+    device = torch.device(device)
+    t = torch.from_numpy(np.ascontiguousarray(planes))[None].to(device)
+    with repeatable(device), torch.inference_mode():
         up = upscale_bicubic(t, scale)[0]
-    lo = t.amin(dim=(-2, -1), keepdim=True)[0]
-    hi = t.amax(dim=(-2, -1), keepdim=True)[0]
-    out = torch.maximum(torch.minimum(up, hi), lo).numpy()
+        lo = t.amin(dim=(-2, -1), keepdim=True)[0]
+        hi = t.amax(dim=(-2, -1), keepdim=True)[0]
+        out = torch.maximum(torch.minimum(up, hi), lo).cpu().numpy()
     return out[0] if arr.ndim == 2 else np.ascontiguousarray(np.moveaxis(out, 0, -1))

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from dicom_sr.config import EngineConfig
-from dicom_sr.engine.fathers import Strip, build_fathers, sample_batch
+from dicom_sr.engine.fathers import Fathers, Strip, build_fathers, sample_batch
 from dicom_sr.engine.losses import Networks, discriminator_loss, generator_losses
 from dicom_sr.engine.nets import (
     Degrader,
@@ -185,6 +185,155 @@ def _build(
     return nets, perceptual
 
 
+@dataclass
+class _Loop:
+    """Everything one training run steps: networks, optimisers, random sources, the rate."""
+
+    config: EngineConfig
+    method: str
+    nets: Networks
+    opts: list[torch.optim.Optimizer]
+    discs: list[nn.Module]
+    train_d: bool
+    pools: list[ImagePool]
+    fathers: Fathers
+    gen: torch.Generator  # CPU: crops, augmentation, the pools
+    noise_gen: torch.Generator | None  # on the device (None on the CPU: ``gen``)
+    rate: float
+    perceptual: str
+
+    def noise(self, t: torch.Tensor) -> torch.Tensor:
+        """A Gaussian map like ``t``, drawn on its device (no blocking host copy on CUDA)."""
+        g = self.noise_gen if self.noise_gen is not None else self.gen
+        return torch.randn(t.shape, generator=g, device=g.device).to(t.device)
+
+
+def _setup(
+    frames: Sequence[np.ndarray],
+    config: EngineConfig,
+    method: str,
+    init_state: dict | None,
+    rate: float,
+    device: torch.device,
+    strips: Sequence[Strip | None] | None,
+) -> _Loop:
+    """Fathers, networks and optimisers for one run, seeded by ``config.seed``."""
+    gen = torch.Generator().manual_seed(config.seed)
+    noise_gen = None
+    if device.type == "cuda":  # the CPU keeps one stream, as it always had
+        noise_gen = torch.Generator(device=device).manual_seed(config.seed)
+    fathers = build_fathers(frames, config, device, strips)
+    nets, perceptual = _build(config, method, device, init_state)
+    if perceptual == NO_VGG19:
+        # no feature space (no VGG19, fallback "none"): the losses must not compute the term
+        off = config.losses.model_copy(update={"perceptual": 0.0})
+        config = config.model_copy(update={"losses": off})
+    g_params = list(nets.g.parameters())
+    if method == "cyclegan":
+        g_params += list(nets.f.parameters())
+    opts: list[torch.optim.Optimizer] = [torch.optim.Adam(g_params, lr=rate)]
+    discs = [d for d in (nets.d_hr, nets.d_lr) if d is not None]
+    train_d = method == "cyclegan" and config.losses.adversarial > 0
+    if train_d:
+        d_params = [p for d in discs for p in d.parameters()]
+        opts.append(torch.optim.Adam(d_params, lr=rate, betas=(0.5, 0.999)))
+    pools = [ImagePool(config.pool_size, gen), ImagePool(config.pool_size, gen)]
+    return _Loop(
+        config,
+        method,
+        nets,
+        opts,
+        discs,
+        train_d,
+        pools,
+        fathers,
+        gen,
+        noise_gen,
+        rate,
+        perceptual,
+    )
+
+
+def _step(loop: _Loop) -> dict[str, torch.Tensor]:
+    """One iteration: a batch, the generator step, the discriminators' step.
+
+    Returns the loss terms detached and left on the device: reading them (a GPU sync each)
+    is :class:`_History`'s business, once per interval.
+    """
+    config, nets = loop.config, loop.nets
+    x, y = sample_batch(loop.fathers, config, loop.gen, loop.noise_gen)
+    if loop.method == "zssr":
+        loss = nn.functional.l1_loss(nets.g(x), y)
+        terms = {"pixel": loss}
+    else:
+        for d in loop.discs:
+            d.requires_grad_(False)
+        step = generator_losses(x, y, nets, config, loop.noise)
+        loss, terms = step.total, dict(step.terms)
+    loop.opts[0].zero_grad(set_to_none=True)
+    loss.backward()
+    loop.opts[0].step()
+    if loop.train_d:
+        for d in loop.discs:
+            d.requires_grad_(True)
+        pools = loop.pools
+        d_loss_hr = discriminator_loss(nets.d_hr, y, pools[0].query(step.sr), config.gan_mode)
+        d_loss_lr = discriminator_loss(nets.d_lr, x, pools[1].query(step.lr_fake), config.gan_mode)
+        loop.opts[1].zero_grad(set_to_none=True)
+        (d_loss_hr + d_loss_lr).backward()
+        loop.opts[1].step()
+        terms["d_hr"], terms["d_lr"] = d_loss_hr, d_loss_lr
+    terms["total"] = loss
+    return {k: v.detach() for k, v in terms.items()}
+
+
+class _History:
+    """Per-iteration loss terms, kept on the device and read in one transfer per interval."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, list[float]] = {"lr": [], "recon": [], "recon_iter": []}
+        self._pending: dict[str, list[torch.Tensor]] = {}
+
+    def add(self, terms: dict[str, torch.Tensor], loop: _Loop) -> None:
+        for k, v in terms.items():
+            self.values.setdefault(k, [])
+            self._pending.setdefault(k, []).append(v)
+        self.values["lr"].append(loop.opts[0].param_groups[0]["lr"])
+        if loop.train_d:
+            self.values.setdefault("lr_d", []).append(loop.opts[1].param_groups[0]["lr"])
+
+    def flush(self) -> dict[str, list[float]]:
+        """Move the pending terms to ``values`` (one device-to-host copy); return ``values``."""
+        keys = [k for k, v in self._pending.items() if v]
+        if keys:
+            flat = torch.cat([torch.stack(self._pending[k]).float() for k in keys]).cpu()
+            rows = flat.split([len(self._pending[k]) for k in keys])
+            for k, row in zip(keys, rows, strict=True):
+                self.values[k].extend(row.tolist())
+        self._pending.clear()
+        return self.values
+
+
+def _adjust_rate(loop: _Loop, history: dict[str, list[float]], it: int, last_change: int) -> int:
+    """ZSSR's policy at iteration ``it``: divide the rate on a plateau of the recon error.
+
+    Returns the iteration of the last change (``it`` when it changed now)."""
+    config = loop.config
+    window = max(config.lr_min_iterations, config.lr_check_every)
+    lo = max(last_change, it - window)
+    recent = [
+        (s, e) for s, e in zip(history["recon_iter"], history["recon"], strict=True) if s > lo
+    ]
+    if len(recent) < 3 or not plateau([s for s, _ in recent], [e for _, e in recent]):
+        return last_change
+    loop.rate /= config.lr_factor
+    for opt in loop.opts:
+        for group in opt.param_groups:
+            group["lr"] = loop.rate
+    logger.debug("iteration %d: recon error plateau, lr -> %.2e", it, loop.rate)
+    return it
+
+
 def train(
     frames: Sequence[np.ndarray],
     config: EngineConfig,
@@ -207,100 +356,37 @@ def train(
         raise ValueError(f"train: method must be 'cyclegan' or 'zssr', got {method!r}")
     t0 = time.perf_counter()
     total = config.iterations if iterations is None else iterations
-    rate = config.lr if lr is None else lr
-    gen = torch.Generator().manual_seed(config.seed)
-    fathers = build_fathers(frames, config, device, strips)
+    loop = _setup(
+        frames, config, method, init_state, config.lr if lr is None else lr, device, strips
+    )
     eval_lr_hr = _eval_crops(frames, config.scale, device)
     eval_lr = downscale(eval_lr_hr, config.scale, config)
-    nets, perceptual = _build(config, method, device, init_state)
-    if perceptual == NO_VGG19:
-        # no feature space (no VGG19, fallback "none"): the losses must not compute the term
-        off = config.losses.model_copy(update={"perceptual": 0.0})
-        config = config.model_copy(update={"losses": off})
-    w = config.losses
-
-    g_params = list(nets.g.parameters())
-    if method == "cyclegan":
-        g_params += list(nets.f.parameters())
-    opts = [torch.optim.Adam(g_params, lr=rate)]
-    discs = [d for d in (nets.d_hr, nets.d_lr) if d is not None]
-    train_d = method == "cyclegan" and w.adversarial > 0
-    if train_d:
-        d_params = [p for d in discs for p in d.parameters()]
-        opts.append(torch.optim.Adam(d_params, lr=rate, betas=(0.5, 0.999)))
-    pools = [ImagePool(config.pool_size, gen), ImagePool(config.pool_size, gen)]
-
-    def noise(t: torch.Tensor) -> torch.Tensor:
-        return torch.randn(t.shape, generator=gen).to(t.device)
-
-    history: dict[str, list[float]] = {"lr": [], "recon": [], "recon_iter": []}
+    history = _History()
     eval_every = max(1, config.lr_check_every // 4)
-    window = max(config.lr_min_iterations, config.lr_check_every)
-    last_change = 0
-    done = 0
+    last_change = done = 0
     for it in range(1, total + 1):
-        x, y = sample_batch(fathers, config, gen)
-        if method == "zssr":
-            loss = nn.functional.l1_loss(nets.g(x), y)
-            terms = {"pixel": loss}
-        else:
-            for d in discs:
-                d.requires_grad_(False)
-            step = generator_losses(x, y, nets, config, noise)
-            loss, terms = step.total, dict(step.terms)
-        opts[0].zero_grad(set_to_none=True)
-        loss.backward()
-        opts[0].step()
-        if train_d:
-            for d in discs:
-                d.requires_grad_(True)
-            d_loss_hr = discriminator_loss(nets.d_hr, y, pools[0].query(step.sr), config.gan_mode)
-            d_loss_lr = discriminator_loss(
-                nets.d_lr, x, pools[1].query(step.lr_fake), config.gan_mode
-            )
-            opts[1].zero_grad(set_to_none=True)
-            (d_loss_hr + d_loss_lr).backward()
-            opts[1].step()
-            terms["d_hr"], terms["d_lr"] = d_loss_hr, d_loss_lr
-        terms["total"] = loss
-        for k, v in terms.items():
-            history.setdefault(k, []).append(float(v.detach()))
-        history["lr"].append(opts[0].param_groups[0]["lr"])
-        if train_d:
-            history.setdefault("lr_d", []).append(opts[1].param_groups[0]["lr"])
+        history.add(_step(loop), loop)
         done = it
-
         if it % eval_every == 0:
-            with torch.no_grad():
-                err = (nets.g(eval_lr) - eval_lr_hr).abs().mean().item()
-            history["recon"].append(err)
-            history["recon_iter"].append(float(it))
-        if it % config.lr_check_every == 0 and it - last_change >= config.lr_min_iterations:
-            lo = max(last_change, it - window)
-            recent = [
-                (s, e)
-                for s, e in zip(history["recon_iter"], history["recon"], strict=True)
-                if s > lo
-            ]
-            if len(recent) >= 3 and plateau([s for s, _ in recent], [e for _, e in recent]):
-                rate /= config.lr_factor
-                for opt in opts:
-                    for group in opt.param_groups:
-                        group["lr"] = rate
-                last_change = it
-                logger.debug("iteration %d: recon error plateau, lr -> %.2e", it, rate)
+            with torch.no_grad():  # the interval's one sync
+                err = (loop.nets.g(eval_lr) - eval_lr_hr).abs().mean().item()
+            values = history.flush()
+            values["recon"].append(err)
+            values["recon_iter"].append(float(it))
+            if it % config.lr_check_every == 0 and it - last_change >= config.lr_min_iterations:
+                last_change = _adjust_rate(loop, values, it, last_change)
         if progress is not None:
             progress(it, total)
-        if rate < config.lr_min:
-            logger.debug("iteration %d: lr %.2e below lr_min, stopping", it, rate)
+        if loop.rate < config.lr_min:
+            logger.debug("iteration %d: lr %.2e below lr_min, stopping", it, loop.rate)
             break
 
-    state = {k: v.detach().to("cpu").clone() for k, v in nets.g.state_dict().items()}
+    state = {k: v.detach().to("cpu").clone() for k, v in loop.nets.g.state_dict().items()}
     return TrainResult(
         generator_state=state,
         iterations=done,
-        final_lr=rate,
+        final_lr=loop.rate,
         seconds=time.perf_counter() - t0,
-        history=history,
-        perceptual=perceptual,
+        history=history.flush(),
+        perceptual=loop.perceptual,
     )

@@ -126,7 +126,9 @@ class Node:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._recover()
         self.upkeep.check()
-        self.pool = WorkerPool(self.options.workers, self.options.log_level)
+        self.pool = WorkerPool(
+            self.options.workers, self.options.log_level, device=self.config.engine.device
+        )
         ae = make_ae(self.options.scp)
         handler = StoreHandler(
             self.spool,

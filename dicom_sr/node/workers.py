@@ -35,7 +35,7 @@ _busy = False  # this process took a series (it exits after that one)
 _preloader: threading.Thread | None = None
 
 
-def _init_worker(stop_event: Any, parent_pid: int, log_level: int) -> None:
+def _init_worker(stop_event: Any, parent_pid: int, log_level: int, device: str = "cpu") -> None:
     """Worker start: signals are the node's business; log lines like the node's."""
     global _stop, _parent, _preloader
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -48,13 +48,18 @@ def _init_worker(stop_event: Any, parent_pid: int, log_level: int) -> None:
     if not stop_event.is_set():  # the executor replaces a worker as soon as it exits:
         # import torch while idle, not when a series comes; in a thread, so that a node that
         # stops meanwhile does not wait for the import (the series' own import waits for it)
-        _preloader = threading.Thread(target=_preload, name="preload", daemon=True)
+        _preloader = threading.Thread(target=_preload, args=(device,), name="preload", daemon=True)
         _preloader.start()
 
 
-def _preload() -> None:
+def _preload(device: str = "cpu") -> None:
+    """Import the pipeline and, when ``device`` runs on CUDA, start CUDA: a worker serves one
+    series, so its CUDA start-up is paid here, while it waits, not by the series."""
     try:
         import dicom_sr.pipeline  # noqa: F401
+        from dicom_sr.engine.device import warm_up
+
+        warm_up(device)
     except Exception:  # noqa: BLE001 - the series' own import reports it
         logger.debug("preload failed", exc_info=True)
 
@@ -173,9 +178,10 @@ def disk_full(result: dict[str, Any]) -> bool:
 class WorkerPool:
     """``workers`` spawned processes, each running one series and exiting."""
 
-    def __init__(self, workers: int, log_level: int = logging.INFO) -> None:
+    def __init__(self, workers: int, log_level: int = logging.INFO, device: str = "cpu") -> None:
         self.workers = workers
         self.log_level = log_level
+        self.device = device  # engine.device: "cuda"/"auto" warm CUDA up in idle workers
         self._ctx = multiprocessing.get_context("spawn")
         self.stop_event = self._ctx.Event()
         self._executor = self._new_executor()
@@ -186,7 +192,7 @@ class WorkerPool:
             mp_context=self._ctx,
             max_tasks_per_child=1,
             initializer=_init_worker,
-            initargs=(self.stop_event, os.getpid(), self.log_level),
+            initargs=(self.stop_event, os.getpid(), self.log_level, self.device),
         )
 
     def submit(

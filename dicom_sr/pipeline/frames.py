@@ -25,6 +25,7 @@ from dicom_sr.engine import (
     fit,
     get_method,
     learned_scale,
+    select_device,
     upscale,
     upscale_np,
 )
@@ -192,5 +193,7 @@ def super_resolve_frame(
             elif eng.finetune_iterations > 0:
                 frame_model = finetune(crop, model, eng)
         luma[s * r.y0 : s * (r.y1 + 1), s * r.x0 : s * (r.x1 + 1)] = upscale(crop, frame_model, eng)
-    chroma = None if frame.chroma is None else upscale_np(frame.chroma, s, "bicubic")
+    chroma = None
+    if frame.chroma is not None:  # on the engine's device: the CPU took longer than the GPU
+        chroma = upscale_np(frame.chroma, s, "bicubic", device=select_device(eng.device))
     return luma, chroma
