@@ -104,20 +104,24 @@ class Ledger:
                 last = seq
                 yield Todo(seq, key, json.loads(paths), frames)
 
-    def claim(self, key: str) -> int | None:
-        """Take a queued job for a submission (or a processing one of ours, for a retry);
-        count the attempt; return the attempt number, or None when it is not ours to take."""
+    def claim(self, keys: list[str]) -> dict[str, int]:
+        """Take queued jobs for submission (or processing ones of ours, for a retry), in one
+        transaction; count an attempt each; return key -> attempt number for those taken
+        (a job another live client holds, or that is finished, is left out)."""
         now = time.time()
+        taken: dict[str, int] = {}
         with self.store.transaction() as db:
-            cur = db.execute(
-                "UPDATE jobs SET state = 'processing', lease_owner = ?, lease_expires = ?,"
-                " attempts = attempts + 1, updated = ? WHERE key = ? AND (state = 'queued'"
-                " OR (state = 'processing' AND lease_owner = ?))",
-                (self.owner, now + self.lease_seconds, now, key, self.owner),
-            )
-            if cur.rowcount != 1:
-                return None
-            return db.execute("SELECT attempts FROM jobs WHERE key = ?", (key,)).fetchone()[0]
+            for key in keys:
+                cur = db.execute(
+                    "UPDATE jobs SET state = 'processing', lease_owner = ?, lease_expires = ?,"
+                    " attempts = attempts + 1, updated = ? WHERE key = ? AND (state = 'queued'"
+                    " OR (state = 'processing' AND lease_owner = ?))",
+                    (self.owner, now + self.lease_seconds, now, key, self.owner),
+                )
+                if cur.rowcount == 1:
+                    row = db.execute("SELECT attempts FROM jobs WHERE key = ?", (key,)).fetchone()
+                    taken[key] = row[0]
+        return taken
 
     def note_error(self, key: str, error: str) -> None:
         """Keep the error of an attempt that is retried."""

@@ -12,6 +12,7 @@ archive.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -181,38 +182,34 @@ class _Feed:
         self.in_flight: dict[Any, Todo] = {}
         self.ready = as_completed([], with_results=False)
 
-    def submit(self, todo: Todo) -> bool:
-        """Claim the job (one attempt) and submit its task; False when not ours to run."""
-        attempt = self.ledger.claim(todo.key)
-        if attempt is None:
-            return False
-        fut = self.client.submit(
-            run_series_task,
-            todo.paths,
-            self.config_json,
-            self.out,
-            todo.key,
-            resources=self.resources,
-            priority=-todo.seq,  # plan order (study, series) among the tasks in flight
-            pure=False,
-            key=f"dicom-sr-series-{todo.key}-{attempt}-{time.monotonic_ns()}",
-        )
-        self.in_flight[fut] = todo
-        self.ready.add(fut)
-        return True
+    def submit(self, items: list[Todo]) -> int:
+        """Claim the jobs (one attempt each, one transaction) and submit their tasks; return
+        how many were not ours to run (another live client holds them)."""
+        taken = self.ledger.claim([t.key for t in items]) if items else {}
+        for todo in items:
+            if todo.key not in taken:
+                continue
+            fut = self.client.submit(
+                run_series_task,
+                todo.paths,
+                self.config_json,
+                self.out,
+                todo.key,
+                resources=self.resources,
+                priority=-todo.seq,  # plan order (study, series) among the tasks in flight
+                pure=False,
+                key=f"dicom-sr-series-{todo.key}-{taken[todo.key]}-{time.monotonic_ns()}",
+            )
+            self.in_flight[fut] = todo
+            self.ready.add(fut)
+        return len(items) - len(taken)
 
     def run(self, todo: Iterator[Todo], max_attempts: int, stats, progress) -> None:
         """Keep at most a few tasks per worker in flight until ``todo`` is exhausted."""
         last_tick = last_renew = time.monotonic()
         slots = IN_FLIGHT_PER_WORKER * worker_slots(self.client)
-        exhausted = False
         while True:
-            while not exhausted and len(self.in_flight) < slots:
-                item = next(todo, None)
-                if item is None:
-                    exhausted = True
-                elif not self.submit(item):
-                    stats.total -= 1  # another live client has it
+            self._refill(todo, slots, stats)
             if not self.in_flight:
                 return
             finished = self.ready.next_batch(block=False) if self.ready.has_ready() else []
@@ -228,6 +225,14 @@ class _Feed:
             if progress is not None and (finished or now - last_tick > 1):
                 progress(stats)
                 last_tick = now
+
+    def _refill(self, todo: Iterator[Todo], slots: int, stats: BatchStats) -> None:
+        """Submit from ``todo`` until ``slots`` tasks are in flight or it is exhausted."""
+        while len(self.in_flight) < slots:
+            items = list(itertools.islice(todo, slots - len(self.in_flight)))
+            if not items:
+                return
+            stats.total -= self.submit(items)  # those another live client holds
 
     def _outcome(self, fut, max_attempts: int, stats: BatchStats) -> Outcome | None:
         """What to record for a finished task; None when it was resubmitted."""
@@ -254,7 +259,7 @@ class _Feed:
                 "series job %s: attempt %d failed (%s); retrying", todo.key, job.attempts, reason
             )
             self.ledger.note_error(todo.key, reason)
-            self.submit(todo)
+            self.submit([todo])
             return None
         if status == "retry":
             reason = f"gave up after {job.attempts} attempts: {reason}"
