@@ -467,3 +467,29 @@ def test_device_cuda_without_a_gpu_ends_at_once_with_one_line(tmp_path):
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 2 and "no CUDA device" in res.output
     assert "Traceback" not in res.output and not (tmp_path / "out" / "jobs.sqlite3").exists()
+
+
+def test_tasks_that_need_a_gpu_no_worker_offers_end_with_an_error(cluster):
+    """No hang: when no connected worker declares the GPU resource, the run stops and says so."""
+    from dicom_sr.batch.cluster import ClusterSpec, NoGpuWorkers, open_client
+
+    spec = ClusterSpec(scheduler=cluster.scheduler_address, gpu=True, connect_timeout=1)
+    with pytest.raises(NoGpuWorkers, match="offers the resource GPU"):
+        with open_client(spec):
+            pass
+
+
+def test_embedded_gpu_workers_each_see_their_own_gpu():
+    """--gpus-per-worker: each worker process gets its own CUDA_VISIBLE_DEVICES and the
+    resource GPU (the variable is set whether or not this machine has the devices)."""
+    from dicom_sr.batch.cluster import gpu_cluster
+
+    with gpu_cluster(
+        distributed, ["0", "1"], 2, threads_per_worker=1, processes=True,
+        dashboard_address=None, resources={"GPU": 1},
+    ) as c, distributed.Client(c) as client:  # fmt: skip
+        client.wait_for_workers(2, timeout=120)
+        seen = client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
+        assert sorted(seen.values()) == ["0", "1"]
+        workers = client.scheduler_info()["workers"].values()
+        assert [w["resources"] for w in workers] == [{"GPU": 1}, {"GPU": 1}]

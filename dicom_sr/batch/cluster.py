@@ -69,6 +69,7 @@ def open_client(spec: ClusterSpec) -> Iterator[Any]:
     else:
         cluster = _embedded(distributed, spec)
         client = distributed.Client(cluster)
+        client.wait_for_workers(len(cluster.worker_spec), timeout=spec.connect_timeout * 4)
     try:
         if spec.gpu:
             _wait_for_gpu_workers(client, spec.connect_timeout)
@@ -101,10 +102,18 @@ def _embedded(distributed, spec: ClusterSpec):
     n = spec.workers or len(groups)
     if n > len(groups):
         logger.warning("%d workers share %d GPU group(s) of %d", n, len(groups), per)
-    return _gpu_cluster(distributed, groups)(n_workers=n, resources={"GPU": per}, **kw)
+    return gpu_cluster(distributed, groups, n, resources={"GPU": per}, **kw)
 
 
-def _gpu_cluster(distributed, groups: list[str]):
+def gpu_cluster(distributed, groups: list[str], n: int, **kw: Any):
+    """A LocalCluster of ``n`` workers whose i-th sees only the GPUs ``groups[i % len]``
+    (``CUDA_VISIBLE_DEVICES``); ``kw`` as for LocalCluster."""
+    cluster = _gpu_cluster_class(distributed, groups)(n_workers=0, **kw)
+    cluster.scale(n)  # through new_worker_spec, which pins each worker
+    return cluster
+
+
+def _gpu_cluster_class(distributed, groups: list[str]):
     """A LocalCluster whose n-th worker sees only the GPUs of ``groups[n % len(groups)]``."""
 
     class GpuCluster(distributed.LocalCluster):

@@ -109,8 +109,7 @@ def batch(
         raise click.UsageError("--workers and --gpus-per-worker size the embedded cluster only")
     config = load_config(opts, **{"engine.threads": threads_per_worker})
     out = usable_out(out_dir)
-    if not scheduler and not dry_run:
-        _check_local_gpus(config.engine.device, gpus_per_worker)
+    _check_local_gpus(config.engine.device, 0 if scheduler or dry_run else gpus_per_worker)
 
     from dicom_sr.batch.runner import BatchOptions, run_batch
 
@@ -149,7 +148,9 @@ def batch(
 
 
 def _check_local_gpus(device: str, gpus_per_worker: int) -> None:
-    """The embedded cluster runs here: asking for CUDA on a machine without it ends at once."""
+    """Asking for CUDA on a machine without it ends at once, in one line: the embedded
+    cluster's workers run here, and the client derives the series UIDs, which name the device
+    kind, here too (with ``--scheduler`` as well)."""
     if device != "cuda" and not gpus_per_worker:
         return
     from dicom_sr.batch.cluster import gpu_count
@@ -157,8 +158,8 @@ def _check_local_gpus(device: str, gpus_per_worker: int) -> None:
     if gpu_count() == 0:
         what = "--device cuda" if device == "cuda" else f"--gpus-per-worker {gpus_per_worker}"
         raise click.UsageError(
-            f"{what}: this machine has no CUDA device (use --device cpu, or --scheduler with"
-            " GPU workers)"
+            f"{what}: this machine has no CUDA device (use --device cpu, or run batch on a"
+            " host that has one)"
         )
 
 
