@@ -155,6 +155,14 @@ def test_plan_streams_resumes_and_keys_by_pipeline(tmp_path, monkeypatch):
     later = plan_archive([archive], _config(), store)
     assert (later.files, later.inspected, later.series, later.skipped) == (5, 1, 3, 2)
     assert later.gone == 1
+    (archive / "OBXXXX1A.dcm").unlink()  # the original gone: its copy is planned instead
+    last = plan_archive([archive], _config(), store)
+    assert (last.files, last.inspected, last.series, last.skipped, last.gone) == (4, 0, 3, 1, 1)
+    assert [s["path"] for s in last.skipped_files(store)] == [str(archive / "notes.txt")]
+    rle = pydicom.dcmread(archive / "OBXXXX1A_rle.dcm", stop_before_pixels=True)
+    (job,) = [j for j in store.jobs() if j.source_series_uid == rle.SeriesInstanceUID
+              and j.config_hash == last.config_hash]  # fmt: skip
+    assert job.paths == [str(archive / "OBXXXX1A_rle.dcm")]
 
 
 # -- a cluster started by the test -------------------------------------------------------------
