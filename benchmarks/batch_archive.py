@@ -31,7 +31,10 @@ RESULTS = Path(__file__).parent / "results" / "batch_archive"
 
 
 def generate(folder: Path, series: int) -> None:
-    """Write the synthetic archive (skipped when ``folder.complete`` says it is there)."""
+    """Write the synthetic archive (skipped when ``folder.complete`` says it is there): one
+    template written by pydicom, copied with its UIDs (fixed width) and pixels replaced."""
+    import io
+
     import numpy as np
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian
@@ -41,12 +44,15 @@ def generate(folder: Path, series: int) -> None:
         return
     t0 = time.perf_counter()
     root = "1.2.826.0.1.3680043.8.498.78."
+    sop, ser = f"{root}3.1{0:08d}", f"{root}2.1{0:08d}"  # fixed width, no leading zero
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.6.1"
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = sop
     ds.StudyInstanceUID = root + "1"
+    ds.SeriesInstanceUID = ser
     ds.Modality = "US"
     ds.InstanceNumber = 1
     ds.PatientName = "Synthetic^Archive"
@@ -58,13 +64,18 @@ def generate(folder: Path, series: int) -> None:
     ds.HighBit = 7
     ds.PixelRepresentation = 0
     ramp = np.add.outer(np.arange(32), np.arange(32)).astype(np.uint8) * 4
+    ds.PixelData = ramp.tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    template = buf.getvalue()
+    assert template.count(sop.encode()) == 2 and template.count(ser.encode()) == 1
+    head = template[: -len(ds.PixelData)]
     for i in range(series):
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{root}3.{i + 1}"
-        ds.SeriesInstanceUID = f"{root}2.{i + 1}"
-        ds.PixelData = (ramp + np.uint8(i % 64)).tobytes()
+        data = head.replace(sop.encode(), f"{root}3.1{i + 1:08d}".encode())
+        data = data.replace(ser.encode(), f"{root}2.1{i + 1:08d}".encode())
         sub = folder / f"{i // 1000:04d}"
         sub.mkdir(parents=True, exist_ok=True)
-        ds.save_as(sub / f"{i:07d}.dcm", enforce_file_format=True)
+        (sub / f"{i:07d}.dcm").write_bytes(data + (ramp + np.uint8(i % 64)).tobytes())
     done.write_text(str(series))
     print(f"generated {series} files in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
 
@@ -83,14 +94,20 @@ threading.Thread(target=sample, daemon=True).start()
 from dicom_sr.batch.runner import BatchOptions, run_batch
 from dicom_sr.config import load_pipeline
 archive, out, workers, total = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+limit = int(sys.argv[5]) or None
+log = open(sys.argv[6], "a")
 config = load_pipeline("bmode-default", {"engine.method": "bicubic", "engine.threads": 1})
 base = me.memory_info().rss
-curve, step = [], max(1, total // 20)
+curve, step = [], max(1, (int(sys.argv[5]) or total) // 20)
 def progress(st):
     n = st.done + st.failed
     if not curve or n >= curve[-1][0] + step:
         curve.append([n, round(me.memory_info().rss / 2**20, 1)])
-report = run_batch([archive], config, out, BatchOptions(workers=workers), progress=progress)
+        peak = round(max(samples) / 2**20, 1)
+        print(json.dumps({"done": n, "rss_mib": curve[-1][1], "peak_mib": peak,
+            "elapsed": round(st.elapsed, 1)}), file=log, flush=True)
+options = BatchOptions(workers=workers, limit=limit)
+report = run_batch([archive], config, out, options, progress=progress)
 stop.set()
 print(json.dumps({"report": {k: report[k] for k in ("plan", "series", "processing_seconds",
     "series_per_second", "seconds", "config_hash", "pipeline")},
@@ -100,11 +117,14 @@ print(json.dumps({"report": {k: report[k] for k in ("plan", "series", "processin
 """
 
 
-def measure(archive: Path, out: Path, workers: int, series: int) -> dict:
-    """Plan and run ``archive`` into ``out`` in a fresh client process; its numbers."""
+def measure(archive: Path, out: Path, workers: int, series: int, limit: int | None) -> dict:
+    """Plan and run ``archive`` into ``out`` in a fresh client process; its numbers (and,
+    as it goes, one line per twentieth of the run in ``out``.progress.jsonl)."""
     t0 = time.perf_counter()
+    log = out.with_name(out.name + ".progress.jsonl")
+    args = [str(archive), str(out), str(workers), str(series), str(limit or 0), str(log)]
     res = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(archive), str(out), str(workers), str(series)],
+        [sys.executable, "-c", _CHILD, *args],
         capture_output=True,
         text=True,
     )
@@ -145,6 +165,9 @@ def main() -> None:
     ap.add_argument("--series", type=int, nargs="+", default=[20_000, 100_000])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--archive", type=Path, default=None, help="Folder for the archives.")
+    ap.add_argument(
+        "--limit", type=int, default=None, help="Plan all, process the first N series only."
+    )
     args = ap.parse_args()
     root = args.archive or Path(tempfile.gettempdir())
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -152,11 +175,12 @@ def main() -> None:
         archive = root / f"dicom-sr-batch-{n}"
         generate(archive, n)
         with tempfile.TemporaryDirectory(dir=root) as tmp:
-            data = measure(archive, Path(tmp) / "out", args.workers, n)
+            data = measure(archive, Path(tmp) / "out", args.workers, n, args.limit)
         report = data.pop("report")
         record = {
             "provenance": provenance(args, data.pop("version"), report["config_hash"]),
             "series": n,
+            "limit": args.limit,
             "plan_seconds": report["plan"]["seconds"],
             "run_seconds": report["processing_seconds"],
             "series_per_second": report["series_per_second"],
@@ -164,7 +188,8 @@ def main() -> None:
             "failed": report["series"]["failed"],
             **data,
         }
-        path = RESULTS / f"bicubic-{n}-w{args.workers}.json"
+        part = f"-limit{args.limit}" if args.limit else ""
+        path = RESULTS / f"bicubic-{n}{part}-w{args.workers}.json"
         path.write_text(json.dumps(record, indent=2) + "\n")
         print(json.dumps({k: v for k, v in record.items() if k != "provenance"}, indent=2))
 
