@@ -348,6 +348,14 @@ def test_dry_run_plans_and_bad_options_exit_2(tmp_path):
     assert res.exit_code == 0, res.output
     assert res.output.count("would process") == 2 and "2 series to do" in res.output
     assert JobStore(out).counts()["queued"] == 2 and not list(out.rglob("*.dcm"))
+    elsewhere = tmp_path / "local" / "jobs.sqlite3"  # --store: the store outside --out
+    res = runner.invoke(
+        main, ["batch", str(archive), "--out", str(tmp_path / "o2"), "--store", str(elsewhere),
+               "--dry-run"],
+    )  # fmt: skip
+    assert res.exit_code == 0 and "2 series to do" in res.output, res.output
+    assert JobStore(tmp_path / "o2", path=elsewhere).counts()["queued"] == 2
+    assert not (tmp_path / "o2" / "jobs.sqlite3").exists()
     bad = ["batch", str(archive), "--out", str(out), "--scheduler", "tcp://127.0.0.1:1"]
     assert runner.invoke(main, [*bad, "--workers", "2"]).exit_code == 2
     assert (
