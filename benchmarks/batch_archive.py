@@ -135,7 +135,7 @@ def measure(archive: Path, out: Path, workers: int, series: int, limit: int | No
     return data
 
 
-def provenance(args: argparse.Namespace, version: str, config_hash: str) -> dict:
+def provenance(args: argparse.Namespace) -> dict:
     """Where a record comes from: script, command, commit, date, pipeline, machine, load."""
     here = Path(__file__).resolve().parent.parent
 
@@ -152,8 +152,6 @@ def provenance(args: argparse.Namespace, version: str, config_hash: str) -> dict
         "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "pipeline": "bmode-default",
-        "pipeline_version": version,
-        "config_hash": config_hash,
         "method": "bicubic",
         "workers": args.workers,
         "machine": {**machine_info(), "host": platform.node(), "loadavg": os.getloadavg()},
@@ -174,11 +172,15 @@ def main() -> None:
     for n in args.series:
         archive = root / f"dicom-sr-batch-{n}"
         generate(archive, n)
+        source = provenance(args)  # as the run starts: the commit that runs
         with tempfile.TemporaryDirectory(dir=root) as tmp:
             data = measure(archive, Path(tmp) / "out", args.workers, n, args.limit)
         report = data.pop("report")
+        source["pipeline_version"] = data.pop("version")
+        source["config_hash"] = report["config_hash"]
+        source["machine"]["loadavg_after"] = os.getloadavg()
         record = {
-            "provenance": provenance(args, data.pop("version"), report["config_hash"]),
+            "provenance": source,
             "series": n,
             "limit": args.limit,
             "plan_seconds": report["plan"]["seconds"],
