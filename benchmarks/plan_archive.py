@@ -77,7 +77,7 @@ plan = plan_archive([sys.argv[1]], config, store)
 seconds = time.perf_counter() - t0
 heap = tracemalloc.get_traced_memory()[1] if tracemalloc.is_tracing() else 0
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"files": plan.files, "read": plan.inspected, "series": len(plan.series),
+print(json.dumps({"files": plan.files, "read": plan.inspected, "series": plan.series,
     "skipped": plan.skipped, "seconds": round(seconds, 2),
     "rss_before_mib": round(base / 1024, 1), "rss_peak_mib": round(peak / 1024, 1),
     "heap_peak_mib": round(heap / 2**20, 1)}))

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up dicom-sr on a fresh machine: a virtual environment in .venv with the CPU build of torch
 # (a GPU user's own torch build is kept if one is already importable) and the package itself.
-#   bash scripts/setup.sh          # runtime only
+#   bash scripts/setup.sh          # runtime: every command of the README (evaluate and batch extras)
 #   bash scripts/setup.sh --test   # plus test, docs, evaluate and batch extras, dcmtk and dicom3tools
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +34,6 @@ if [[ $with_test == 1 ]]; then
         fi
     fi
 else
-    python -m pip install -q -e '.[evaluate]'
+    python -m pip install -q -e '.[evaluate,batch]'
 fi
 echo "dicom-sr set up in .venv ($(.venv/bin/dicom-sr --version 2>/dev/null || echo 'version unknown'))"

@@ -28,6 +28,7 @@ from dicom_sr.batch import plan as plan_mod
 from dicom_sr.batch.plan import plan_archive
 from dicom_sr.batch.runner import BatchOptions, run_batch
 from dicom_sr.config import load_pipeline
+from dicom_sr.dicom.store import LOCKS_DIR
 from dicom_sr.jobs import JobStore
 
 distributed = pytest.importorskip("distributed")
@@ -87,13 +88,39 @@ def _written(out: Path) -> dict[str, int]:
     return counts
 
 
+class NoSqlite(distributed.WorkerPlugin):
+    """Makes every SQLite open in a worker process fail: the job store is the client's alone."""
+
+    def setup(self, worker):
+        import sqlite3
+
+        def refuse(*args, **kwargs):
+            raise sqlite3.OperationalError(f"unable to open database file {args[:1]}")
+
+        sqlite3.connect = refuse
+
+
 @pytest.fixture(scope="module")
 def cluster():
-    """A distributed LocalCluster of two worker processes, started by the test."""
+    """A distributed LocalCluster of two worker processes, started by the test; its workers
+    cannot open any SQLite file (so no task can touch the job store)."""
     with distributed.LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
     ) as c:
+        with distributed.Client(c) as client:
+            client.register_plugin(NoSqlite())
+            assert client.run(_sqlite_refused) == dict.fromkeys(client.run(os.getpid), True)
         yield c
+
+
+def _sqlite_refused() -> bool:
+    import sqlite3
+
+    try:
+        sqlite3.connect(":memory:")
+    except sqlite3.OperationalError:
+        return True
+    return False
 
 
 # -- planning (no cluster) --------------------------------------------------------------------
@@ -114,17 +141,28 @@ def test_plan_streams_resumes_and_keys_by_pipeline(tmp_path, monkeypatch):
         plan_archive([archive], _config(), store, on_file=crash)
     plan = plan_archive([archive], _config(), store)
     assert plan.files == 6 and plan.inspected == 3  # the 3 committed before the crash not re-read
-    assert len(plan.series) == 4 and plan.skipped == 2
+    assert plan.series == 4 and plan.skipped == 2
     reasons = {Path(s["path"]).name: s["reason"] for s in plan.skipped_files(store)}
     assert reasons["notes.txt"].startswith("not a DICOM file")
     assert "same SOP Instance UID" in reasons["OBXXXX1A_rle.dcm"]
+    keys = {s.key for s in plan.planned(store)}
+    assert len(keys) == 4
     again = plan_archive([archive], _config("ibp"), store)  # another pipeline: new keys
-    assert not {s.key for s in again.series} & {s.key for s in plan.series}
+    assert not {s.key for s in again.planned(store)} & keys
     assert len(store.jobs(kind="batch")) == 8
     (archive / "ExplVR_BigEnd.dcm").unlink()  # gone from the archive: gone from the plan
     (archive / "notes.txt").write_text("changed, still not DICOM")  # changed: read again
     later = plan_archive([archive], _config(), store)
-    assert (later.files, later.inspected, len(later.series), later.skipped) == (5, 1, 3, 2)
+    assert (later.files, later.inspected, later.series, later.skipped) == (5, 1, 3, 2)
+    assert later.gone == 1
+    (archive / "OBXXXX1A.dcm").unlink()  # the original gone: its copy is planned instead
+    last = plan_archive([archive], _config(), store)
+    assert (last.files, last.inspected, last.series, last.skipped, last.gone) == (4, 0, 3, 1, 1)
+    assert [s["path"] for s in last.skipped_files(store)] == [str(archive / "notes.txt")]
+    rle = pydicom.dcmread(archive / "OBXXXX1A_rle.dcm", stop_before_pixels=True)
+    (job,) = [j for j in store.jobs() if j.source_series_uid == rle.SeriesInstanceUID
+              and j.config_hash == last.config_hash]  # fmt: skip
+    assert job.paths == [str(archive / "OBXXXX1A_rle.dcm")]
 
 
 # -- a cluster started by the test -------------------------------------------------------------
@@ -146,7 +184,8 @@ def test_batch_completes_valid_series_and_reports_the_rest(tmp_path, cluster):
         "usable": 3, "already_done": 0, "this_run": 3, "done": 2, "failed": 1, "unfinished": 0,
     }  # fmt: skip
     (failure,) = report["failures"]
-    assert failure["attempts"] == 2 and "cannot decode frame 0" in failure["error"]
+    # an input error: a retry would fail the same way, so it fails at once (--retries unused)
+    assert failure["attempts"] == 1 and "cannot decode frame 0" in failure["error"]
     assert "undecodable.dcm" in failure["error"]
     skipped = {Path(s["path"]).name for s in report["skipped"]}
     assert skipped == {"ct.dcm", "junk.dcm", "truncated.dcm"}
@@ -167,11 +206,13 @@ def test_batch_completes_valid_series_and_reports_the_rest(tmp_path, cluster):
 
 
 def test_worker_killed_mid_series_is_retried(tmp_path, cluster):
+    """The worker running the series dies: Dask's lost-worker handling runs the task again on
+    another worker, and the client, which alone holds the store, records it done."""
     archive = tmp_path / "archive"
     archive.mkdir()
     _last_cine(archive)
     out = tmp_path / "out"
-    options = BatchOptions(scheduler=cluster.scheduler_address, retries=2, lease_seconds=6)
+    options = BatchOptions(scheduler=cluster.scheduler_address, retries=2)
     box: dict = {}
     # ibp, not bicubic: 10 frames of back projection last seconds, so the kill lands mid-series
     # on an idle machine too (bicubic finished within the second the test waited)
@@ -179,25 +220,30 @@ def test_worker_killed_mid_series_is_retried(tmp_path, cluster):
         target=lambda: box.update(run_batch([archive], _config("ibp"), out, options))
     )
     runner.start()
-    store = JobStore(out)
-    deadline = time.monotonic() + 120
     victim = None
-    while victim is None and time.monotonic() < deadline:
-        running = [j for j in store.jobs(state="processing")] if store.path.exists() else []
-        if running and running[0].lease_owner:
-            time.sleep(0.5)  # inside the series
-            victim = int(running[0].lease_owner.split(":")[1])
-        time.sleep(0.05)
-    assert victim is not None, "the series never started"
-    os.kill(victim, signal.SIGKILL)
-    runner.join(300)
+    with distributed.Client(cluster.scheduler_address) as client:
+        deadline = time.monotonic() + 120
+        while victim is None and time.monotonic() < deadline:
+            busy = [w for w, keys in client.processing().items() if keys]
+            if busy and _started(out):
+                time.sleep(0.5)  # inside the series
+                victim = client.run(os.getpid, workers=busy[:1])[busy[0]]
+            time.sleep(0.05)
+        assert victim is not None, "the series never started"
+        os.kill(victim, signal.SIGKILL)
+        runner.join(300)
     assert box["series"]["done"] == 1 and box["series"]["failed"] == 0
-    (job,) = store.jobs()
-    assert job.state == "done" and job.attempts == 2
+    (job,) = JobStore(out).jobs()
+    assert job.state == "done" and job.attempts == 1  # rerun by Dask: no attempt of ours used
     assert job.result["pid"] != victim
     (derived,) = out.rglob("*.dcm")
     assert pydicom.dcmread(derived).NumberOfFrames == CINE_FRAMES
     assert not list(out.rglob("*.part"))
+
+
+def _started(out: Path) -> bool:
+    """True once a worker has begun a series in ``out`` (it takes the series' lock)."""
+    return (out / LOCKS_DIR).exists()
 
 
 # -- the command, killed and restarted; then the same on a cluster ------------------------------
@@ -232,7 +278,9 @@ def killed_and_restarted(tmp_path_factory):
         if store_path.exists():
             jobs = JobStore(out).jobs()
             cine = [j for j in jobs if j.frames == CINE_FRAMES]
-            if cine and cine[0].state == "processing":
+            others = [j for j in jobs if j.frames != CINE_FRAMES]
+            # "processing" is "submitted": a series done, the cine not yet
+            if cine and cine[0].state == "processing" and "done" in {j.state for j in others}:
                 time.sleep(0.5)
                 before = {j.key: (j.state, j.attempts) for j in JobStore(out).jobs()}
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -268,14 +316,19 @@ def test_killed_batch_resumes_without_redoing_done_series(killed_and_restarted):
 
 
 def test_cluster_run_gives_identical_pixels(killed_and_restarted, cluster, tmp_path):
+    """Workers that cannot open the store (``cluster`` refuses SQLite in them; ``--store`` is
+    outside the shared ``--out``) give the embedded run's pixels, byte for byte."""
     archive, out, *_ = killed_and_restarted
+    store = tmp_path / "client-only" / "jobs.sqlite3"
     report = run_batch(
         [archive],
         _config("ibp"),
         tmp_path / "out",
-        BatchOptions(scheduler=cluster.scheduler_address),
+        BatchOptions(scheduler=cluster.scheduler_address, store=store),
     )
     assert report["series"]["done"] == len(RESUME) + 1
+    assert report["store"] == str(store) and not (tmp_path / "out" / "jobs.sqlite3").exists()
+    assert {j.state for j in JobStore(tmp_path / "out", path=store).jobs()} == {"done"}
     embedded, on_cluster = _outputs(out), _outputs(tmp_path / "out")
     assert embedded.keys() == on_cluster.keys() and len(embedded) == len(RESUME) + 1
     for name in embedded:
@@ -295,6 +348,14 @@ def test_dry_run_plans_and_bad_options_exit_2(tmp_path):
     assert res.exit_code == 0, res.output
     assert res.output.count("would process") == 2 and "2 series to do" in res.output
     assert JobStore(out).counts()["queued"] == 2 and not list(out.rglob("*.dcm"))
+    elsewhere = tmp_path / "local" / "jobs.sqlite3"  # --store: the store outside --out
+    res = runner.invoke(
+        main, ["batch", str(archive), "--out", str(tmp_path / "o2"), "--store", str(elsewhere),
+               "--dry-run"],
+    )  # fmt: skip
+    assert res.exit_code == 0 and "2 series to do" in res.output, res.output
+    assert JobStore(tmp_path / "o2", path=elsewhere).counts()["queued"] == 2
+    assert not (tmp_path / "o2" / "jobs.sqlite3").exists()
     bad = ["batch", str(archive), "--out", str(out), "--scheduler", "tcp://127.0.0.1:1"]
     assert runner.invoke(main, [*bad, "--workers", "2"]).exit_code == 2
     assert (
@@ -320,3 +381,131 @@ def test_without_distributed_batch_says_which_extra_in_one_line(tmp_path, monkey
     assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
     assert "Error: dicom-sr batch needs distributed: pip install 'dicom-sr[batch]'" in res.output
     assert "Traceback" not in res.output
+
+
+# -- planning follows the archive; one size limit; failures classified ---------------------------
+
+
+def test_renamed_file_is_processed_under_its_new_name_and_nothing_is_redone(tmp_path, cluster):
+    archive = tmp_path / "archive"
+    _copy(["ExplVR_BigEnd.dcm", "color-pl.dcm", "OBXXXX1A.dcm"], archive)
+    out = tmp_path / "out"
+    options = BatchOptions(scheduler=cluster.scheduler_address, limit=2)
+    first = run_batch([archive], _config(), out, options)
+    assert first["series"]["done"] == 2
+    jobs = JobStore(out).jobs()
+    (waiting,) = [j for j in jobs if j.state == "queued"]
+    done = [j for j in jobs if j.state == "done"]
+    moves = {}  # one done series' file and the waiting one's file, renamed
+    for job in (done[0], waiting):
+        old = Path(job.paths[0])
+        moves[job.key] = old.rename(old.with_name("moved-" + old.name))
+    written = _written(out)
+
+    second = run_batch([archive], _config(), out, BatchOptions(scheduler=cluster.scheduler_address))
+    assert second["series"]["already_done"] == 2 and second["series"]["this_run"] == 1
+    assert second["series"]["done"] == 1 and second["skipped"] == []  # no "same SOP" copy
+    assert second["plan"]["gone_files"] == 2
+    after = {j.key: j for j in JobStore(out).jobs()}
+    assert all(j.state == "done" for j in after.values())
+    for key, path in moves.items():
+        assert after[key].paths == [str(path)]  # planned under the new name
+    assert after[done[0].key].attempts == 1  # the done series was not started again
+    entries = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    (new,) = [e for e in entries if e["status"] == "written" and e["output"] not in written]
+    assert new["source"] == str(moves[waiting.key])  # processed from its new name
+    assert all(n == 1 for n in _written(out).values())  # nothing written twice
+
+
+def test_frame_over_max_pixels_skipped_by_batch_with_the_reason_process_gives(tmp_path, cluster):
+    from dicom_sr.dicom.discover import discover
+    from dicom_sr.pipeline import process_inputs, process_series
+
+    archive = tmp_path / "archive"
+    _copy(["OBXXXX1A.dcm", "ExplVR_BigEnd.dcm"], archive)  # 800x600 and 80x60
+    config = _config().with_overrides({"output.max_pixels": 100 * 100})
+    processed = process_inputs([archive], config, tmp_path / "process")
+    (by_process,) = [s.reason for s in processed.skipped]
+    assert "exceeds max_pixels 10000" in by_process
+    report = run_batch(
+        [archive], config, tmp_path / "batch", BatchOptions(scheduler=cluster.scheduler_address)
+    )
+    assert report["series"]["done"] == 1
+    assert report["skipped"] == [{"path": str(archive / "OBXXXX1A.dcm"), "reason": by_process}]
+    # and process_series itself refuses it, whoever built the series (listen, a library user)
+    (series,) = [s for s in discover([archive / "OBXXXX1A.dcm"]).series]
+    result = process_series(series, config, tmp_path / "direct")
+    assert result.status == "failed" and result.failed[0].reason == by_process
+    assert not list((tmp_path / "direct").rglob("*.dcm"))
+
+
+def test_bug_in_a_task_fails_once_with_its_traceback_at_error(tmp_path, monkeypatch, caplog):
+    """A TypeError of ours is permanent: one attempt, not --retries, and the traceback logged."""
+    import logging
+
+    from dicom_sr.pipeline import series as series_mod
+
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise TypeError("injected bug")
+
+    monkeypatch.setattr(series_mod, "super_resolve_frame", broken)
+    archive = tmp_path / "archive"
+    _copy(["ExplVR_BigEnd.dcm"], archive)
+    caplog.set_level(logging.ERROR, logger="dicom_sr")
+    # in-process workers (threads): the monkeypatched pipeline is the one the task runs
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as local:
+        options = BatchOptions(scheduler=local.scheduler_address, retries=3)
+        report = run_batch([archive], _config(), tmp_path / "out", options)
+    assert report["series"]["failed"] == 1 and len(calls) == 1
+    (failure,) = report["failures"]
+    assert failure["attempts"] == 1 and "TypeError: injected bug" in failure["error"]
+    (record,) = [r for r in caplog.records if r.name == "dicom_sr.batch.runner"]
+    assert record.levelname == "ERROR" and "not retried" in record.getMessage()
+    assert "Traceback" in record.getMessage() and "in broken" in record.getMessage()
+
+
+def test_device_cuda_without_a_gpu_ends_at_once_with_one_line(tmp_path):
+    import torch
+    from click.testing import CliRunner
+
+    from dicom_sr.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    archive = tmp_path / "archive"
+    _copy(["ExplVR_BigEnd.dcm"], archive)
+    args = ["batch", str(archive), "--out", str(tmp_path / "out"), "--device", "cuda"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2 and "no CUDA device" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "out" / "jobs.sqlite3").exists()
+
+
+def test_tasks_that_need_a_gpu_no_worker_offers_end_with_an_error(cluster):
+    """No hang: when no connected worker declares the GPU resource, the run stops and says so."""
+    from dicom_sr.batch.cluster import ClusterSpec, NoGpuWorkers, open_client
+
+    spec = ClusterSpec(scheduler=cluster.scheduler_address, gpu=True, connect_timeout=1)
+    with pytest.raises(NoGpuWorkers, match="offers the resource GPU"):
+        with open_client(spec):
+            pass
+
+
+def test_embedded_gpu_workers_each_see_their_own_gpu():
+    """--gpus-per-worker: each worker process gets its own CUDA_VISIBLE_DEVICES and the
+    resource GPU (the variable is set whether or not this machine has the devices)."""
+    from dicom_sr.batch.cluster import gpu_cluster
+
+    with gpu_cluster(
+        distributed, ["0", "1"], 2, threads_per_worker=1, processes=True,
+        dashboard_address=None, resources={"GPU": 1},
+    ) as c, distributed.Client(c) as client:  # fmt: skip
+        client.wait_for_workers(2, timeout=120)
+        seen = client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
+        assert sorted(seen.values()) == ["0", "1"]
+        workers = client.scheduler_info()["workers"].values()
+        assert [w["resources"] for w in workers] == [{"GPU": 1}, {"GPU": 1}]

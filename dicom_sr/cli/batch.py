@@ -10,6 +10,7 @@ import time
 
 import click
 
+from dicom_sr.batch.cluster import NoGpuWorkers
 from dicom_sr.cli.options import (
     engine_options,
     load_config,
@@ -29,7 +30,16 @@ logger = logging.getLogger("dicom_sr.batch")
     "out_dir",
     required=True,
     type=click.Path(file_okay=False),
-    help="Output folder: derived series, manifest.jsonl, jobs.sqlite3, batch-report.json.",
+    help="Output folder: derived series, manifest.jsonl, jobs.sqlite3, batch-report.json."
+    " Workers on other hosts must see it at the same path.",
+)
+@click.option(
+    "--store",
+    "store_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="The job store (SQLite), opened by this process only: keep it on this host's local"
+    " disk. Default: OUT/jobs.sqlite3.",
 )
 @engine_options
 @output_options
@@ -74,6 +84,7 @@ logger = logging.getLogger("dicom_sr.batch")
 def batch(
     archive,
     out_dir,
+    store_path,
     scheduler,
     workers,
     threads_per_worker,
@@ -98,6 +109,7 @@ def batch(
         raise click.UsageError("--workers and --gpus-per-worker size the embedded cluster only")
     config = load_config(opts, **{"engine.threads": threads_per_worker})
     out = usable_out(out_dir)
+    _check_local_gpus(config.engine.device, 0 if scheduler or dry_run else gpus_per_worker)
 
     from dicom_sr.batch.runner import BatchOptions, run_batch
 
@@ -109,6 +121,7 @@ def batch(
         retries=retries,
         limit=limit,
         dry_run=dry_run,
+        store=store_path,
     )
     show = not (quiet or as_json) and sys.stderr.isatty()
     try:
@@ -116,10 +129,12 @@ def batch(
             report = run_batch(archive, config, out, options, progress=progress)
     except ConnectionError as exc:
         raise click.BadParameter(str(exc), param_hint="--scheduler") from None
-    except MissingExtra as exc:  # a set-up problem, not a crash: one line, exit 1
+    except (MissingExtra, NoGpuWorkers) as exc:  # a set-up problem, not a crash: one line
         raise click.ClickException(str(exc)) from None
-    except sqlite3.DatabaseError as exc:  # an unusable job store is an unusable --out
-        raise click.BadParameter(f"{out}/jobs.sqlite3: {exc}", param_hint="--out") from None
+    except sqlite3.DatabaseError as exc:  # an unusable job store
+        where = store_path or f"{out}/jobs.sqlite3"
+        hint = "--store" if store_path else "--out"
+        raise click.BadParameter(f"{where}: {exc}", param_hint=hint) from None
     except KeyboardInterrupt:
         click.echo("interrupted: run the same command again to resume", err=True)
         sys.exit(130)
@@ -130,6 +145,22 @@ def batch(
     s = report["series"]
     ok = s["usable"] > 0 and s["failed"] == 0 and (dry_run or s["unfinished"] == 0)
     sys.exit(0 if ok else 1)
+
+
+def _check_local_gpus(device: str, gpus_per_worker: int) -> None:
+    """Asking for CUDA on a machine without it ends at once, in one line: the embedded
+    cluster's workers run here, and the client derives the series UIDs, which name the device
+    kind, here too (with ``--scheduler`` as well)."""
+    if device != "cuda" and not gpus_per_worker:
+        return
+    from dicom_sr.batch.cluster import gpu_count
+
+    if gpu_count() == 0:
+        what = "--device cuda" if device == "cuda" else f"--gpus-per-worker {gpus_per_worker}"
+        raise click.UsageError(
+            f"{what}: this machine has no CUDA device (use --device cpu, or run batch on a"
+            " host that has one)"
+        )
 
 
 def _quiet_dask() -> None:

@@ -34,7 +34,15 @@ from dicom_sr.errors import InputError
 
 LOGGER = logging.getLogger(__name__)
 
-__all__ = ["Instance", "Skipped", "inspect", "inspect_file", "valid_uid", "US_SOP_CLASSES"]
+__all__ = [
+    "Instance",
+    "Skipped",
+    "inspect",
+    "inspect_file",
+    "check_max_pixels",
+    "valid_uid",
+    "US_SOP_CLASSES",
+]
 
 #: Ultrasound image storage SOP classes (current and retired).
 US_SOP_CLASSES: frozenset[str] = frozenset(
@@ -109,6 +117,17 @@ def inspect(path: str | os.PathLike, *, max_pixels: int | None = None) -> Instan
     except Exception as exc:  # noqa: BLE001 - a malformed file must not stop discovery
         LOGGER.debug("%s: unexpected error in inspection", path, exc_info=True)
         raise InputError(path, f"unreadable DICOM header: {brief(exc)}") from None
+
+
+def check_max_pixels(path: str | os.PathLike, rows: int, cols: int, max_pixels: int | None) -> None:
+    """Raise :class:`InputError` when one frame of ``rows`` x ``cols`` exceeds ``max_pixels``:
+    the one reason every front end gives for a frame over the limit."""
+    if max_pixels is not None and rows * cols > max_pixels:
+        raise _fail(
+            Path(path),
+            "Rows",
+            f"frame of {cols}x{rows} = {rows * cols} pixels exceeds max_pixels {max_pixels}",
+        )
 
 
 def _fail(path: Path, keyword: str, reason: str) -> InputError:
@@ -330,12 +349,7 @@ def _describe(path: Path, f, ds: Dataset, uid: UID, element, max_pixels: int | N
         for k in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
     }
     rows, cols, photometric = _check_image(ds, path)
-    if max_pixels is not None and rows * cols > max_pixels:
-        raise _fail(
-            path,
-            "Rows",
-            f"frame of {cols}x{rows} = {rows * cols} pixels exceeds max_pixels {max_pixels}",
-        )
+    check_max_pixels(path, rows, cols, max_pixels)
 
     if uid.is_deflated:
         if "PixelData" not in ds:

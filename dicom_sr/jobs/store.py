@@ -72,16 +72,25 @@ _ADDED = (
 
 
 class JobStore(OperatorVerbs):
-    """The job store of one output folder: ``JobStore(out_dir)`` opens or creates it.
+    """The job store of one output folder: ``JobStore(out_dir)`` opens or creates it
+    (``OUT/jobs.sqlite3``, or ``path``).
 
     Safe to share between threads (one connection per thread) and to open from several
     processes at once. Every method is one short transaction.
     """
 
-    def __init__(self, out_dir: str | os.PathLike[str], *, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        out_dir: str | os.PathLike[str],
+        *,
+        timeout: float = 60.0,
+        path: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.path = self.out_dir / STORE_NAME
+        # ``path``: the store elsewhere than OUT/jobs.sqlite3 (a batch client's local disk)
+        self.path = self.out_dir / STORE_NAME if path is None else Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.timeout = timeout
         self._local = threading.local()
         self.connect().executescript(_SCHEMA)  # idempotent; its own transaction

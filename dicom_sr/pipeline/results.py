@@ -70,6 +70,11 @@ class SeriesResult:
     model: TrainedModel | None = None
     reason: str = ""
     guard: dict[str, Any] = field(default_factory=dict)
+    #: What the failures mean for a retry (:func:`dicom_sr.errors.classify`): "permanent" when
+    #: one of them is, "transient" when all are, "" when nothing failed.
+    failure_kind: str = ""
+    #: The traceback of the first failure that was a bug (not an input or write error).
+    traceback: str = ""
 
     @property
     def frames(self) -> int:

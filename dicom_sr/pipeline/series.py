@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import time
+import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from dicom_sr.dicom.derive import derive_dataset
 from dicom_sr.dicom.discover import Discovery, Instance, Series, discover
 from dicom_sr.dicom.encode import FrameEncoder
 from dicom_sr.dicom.frames import open_frames, to_pixels
+from dicom_sr.dicom.inspection import check_max_pixels
 from dicom_sr.dicom.provenance import Provenance, derived_series_uid, derived_sop_uid
 from dicom_sr.dicom.store import (
     Manifest,
@@ -28,7 +30,15 @@ from dicom_sr.dicom.store import (
     write_atomic,
 )
 from dicom_sr.engine import TrainedModel, pixel_identity
-from dicom_sr.errors import Cancelled, InputError, WriteError, describe
+from dicom_sr.errors import (
+    PERMANENT,
+    Cancelled,
+    DicomSrError,
+    InputError,
+    WriteError,
+    classify,
+    describe,
+)
 from dicom_sr.pipeline.frames import (
     frame_config,
     guard_text,
@@ -220,7 +230,7 @@ def process_series(
     except Cancelled:
         raise
     except Exception as exc:  # noqa: BLE001 - the lock or the spool: this series fails, not the run
-        logger.debug("series %s: failed", series.series_uid, exc_info=True)
+        _note_failure(result, exc, f"series {series.series_uid}")
         result.reason = result.reason or describe(exc)
         seen = {r.source for r in result.instances}
         for inst in series.instances:  # every instance gets an outcome
@@ -253,10 +263,17 @@ def _pending(
     revision: int,
 ) -> list[_Target]:
     """The instances still to write; those done are added to ``result`` as "done", those whose
-    UIDs cannot name a file as "failed"."""
+    UIDs cannot name a file, or whose frames exceed ``output.max_pixels``, as "failed"."""
     manifest = Manifest.shared(out_dir)
     todo = []
     for inst in series.instances:
+        try:  # the size limit, here so that no front end can forget it
+            check_max_pixels(inst.path, inst.rows, inst.columns, config.output.max_pixels)
+        except InputError as exc:
+            logger.warning("skipping %s: %s", inst.path, exc.reason)
+            result.instances.append(InstanceResult(inst.path, "failed", reason=exc.reason))
+            result.failure_kind = PERMANENT
+            continue
         sop_uid = derived_sop_uid(
             config.output.uid_root, inst.sop_instance_uid, ident, revision=revision
         )
@@ -264,6 +281,7 @@ def _pending(
             path = instance_path(out_dir, series.study_uid, result.derived_series_uid, sop_uid)
         except (InputError, ValueError) as exc:
             result.instances.append(InstanceResult(inst.path, "failed", reason=str(exc)))
+            result.failure_kind = PERMANENT
             continue
         if manifest.done(path):
             result.instances.append(InstanceResult(inst.path, "done", path, inst.number_of_frames))
@@ -302,7 +320,7 @@ def _derive_series(
     except Cancelled:
         raise
     except Exception as exc:  # noqa: BLE001 - one series' failure never ends the run
-        logger.debug("series %s: training failed", series.series_uid, exc_info=True)
+        _note_failure(result, exc, f"series {series.series_uid}: training")
         result.reason = describe(exc)
         for target in todo:
             _fail(result, target, result.reason, config, out_dir)
@@ -339,11 +357,26 @@ def _derive_series(
             raise
         except (InputError, WriteError) as exc:
             done = before + target.instance.number_of_frames
+            _note_failure(result, exc, str(target.instance.path))
             _fail(result, target, str(exc), config, out_dir)
         except Exception as exc:  # noqa: BLE001 - one instance's failure never ends the run
-            logger.debug("failed: %s", target.instance.path, exc_info=True)
+            _note_failure(result, exc, str(target.instance.path))
             done = before + target.instance.number_of_frames
             _fail(result, target, describe(exc), config, out_dir)
+
+
+def _note_failure(result: SeriesResult, exc: Exception, what: str) -> None:
+    """Classify a failure for the front ends that retry (:func:`dicom_sr.errors.classify`);
+    a bug of ours (not an input or write error) is logged at ERROR with its traceback."""
+    kind = classify(exc)
+    if kind == PERMANENT and not isinstance(exc, DicomSrError):
+        logger.error("%s: %s", what, describe(exc), exc_info=exc)
+        if not result.traceback:
+            result.traceback = "".join(traceback.format_exception(exc))
+    else:
+        logger.debug("%s: %s", what, describe(exc), exc_info=exc)
+    if kind == PERMANENT or not result.failure_kind:
+        result.failure_kind = kind
 
 
 def _fail(

@@ -1,0 +1,200 @@
+"""Plan and run ``dicom-sr batch`` on a synthetic archive of tiny single-frame series.
+
+The archive is ``--series`` US Image Storage files (32x32 pixels, one frame, one series each:
+one task per file), 1,000 per folder, written once into ``--archive`` (default: a folder in
+the temp dir) from one template with new UIDs. Each size runs in a fresh client process with
+an embedded ``LocalCluster`` (``--workers``, one thread each) and ``--method bicubic``; that
+process samples its own resident size (psutil, every 0.2 s: the client *and* the embedded
+scheduler, which lives in it; the workers are other processes) and notes it against the
+number of series finished. Reported per size: plan time, run throughput (series per second),
+peak client RSS, and the RSS curve.
+
+    nice -n 10 python benchmarks/batch_archive.py --series 20000 100000
+
+Results: one JSON record per size under ``benchmarks/results/batch_archive/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results" / "batch_archive"
+
+
+def generate(folder: Path, series: int) -> None:
+    """Write the synthetic archive (skipped when ``folder.complete`` says it is there): one
+    template written by pydicom, copied with its UIDs (fixed width) and pixels replaced."""
+    import io
+
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    done = folder.with_name(folder.name + ".complete")
+    if done.exists() and done.read_text() == str(series):
+        return
+    t0 = time.perf_counter()
+    root = "1.2.826.0.1.3680043.8.498.78."
+    sop, ser = f"{root}3.1{0:08d}", f"{root}2.1{0:08d}"  # fixed width, no leading zero
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.6.1"
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = sop
+    ds.StudyInstanceUID = root + "1"
+    ds.SeriesInstanceUID = ser
+    ds.Modality = "US"
+    ds.InstanceNumber = 1
+    ds.PatientName = "Synthetic^Archive"
+    ds.PatientID = "BENCH"
+    ds.Rows = ds.Columns = 32
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ramp = np.add.outer(np.arange(32), np.arange(32)).astype(np.uint8) * 4
+    ds.PixelData = ramp.tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    template = buf.getvalue()
+    assert template.count(sop.encode()) == 2 and template.count(ser.encode()) == 1
+    head = template[: -len(ds.PixelData)]
+    for i in range(series):
+        data = head.replace(sop.encode(), f"{root}3.1{i + 1:08d}".encode())
+        data = data.replace(ser.encode(), f"{root}2.1{i + 1:08d}".encode())
+        sub = folder / f"{i // 1000:04d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"{i:07d}.dcm").write_bytes(data + (ramp + np.uint8(i % 64)).tobytes())
+    done.write_text(str(series))
+    print(f"generated {series} files in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+
+
+_CHILD = """
+import json, sys, threading, time
+import psutil
+me = psutil.Process()
+samples = []
+stop = threading.Event()
+def sample():
+    while not stop.is_set():
+        samples.append(me.memory_info().rss)
+        stop.wait(0.2)
+threading.Thread(target=sample, daemon=True).start()
+from dicom_sr.batch.runner import BatchOptions, run_batch
+from dicom_sr.config import load_pipeline
+archive, out, workers, total = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+limit = int(sys.argv[5]) or None
+log = open(sys.argv[6], "a")
+config = load_pipeline("bmode-default", {"engine.method": "bicubic", "engine.threads": 1})
+base = me.memory_info().rss
+curve, step = [], max(1, (int(sys.argv[5]) or total) // 20)
+def progress(st):
+    n = st.done + st.failed
+    if not curve or n >= curve[-1][0] + step:
+        curve.append([n, round(me.memory_info().rss / 2**20, 1)])
+        peak = round(max(samples) / 2**20, 1)
+        print(json.dumps({"done": n, "rss_mib": curve[-1][1], "peak_mib": peak,
+            "elapsed": round(st.elapsed, 1)}), file=log, flush=True)
+options = BatchOptions(workers=workers, limit=limit)
+report = run_batch([archive], config, out, options, progress=progress)
+stop.set()
+print(json.dumps({"report": {k: report[k] for k in ("plan", "series", "processing_seconds",
+    "series_per_second", "seconds", "config_hash", "pipeline")},
+    "rss_after_import_mib": round(base / 2**20, 1),
+    "rss_peak_mib": round(max(samples) / 2**20, 1), "rss_curve_mib": curve,
+    "version": config.version}))
+"""
+
+
+def measure(archive: Path, out: Path, workers: int, series: int, limit: int | None) -> dict:
+    """Plan and run ``archive`` into ``out`` in a fresh client process; its numbers (and,
+    as it goes, one line per twentieth of the run in ``out``.progress.jsonl)."""
+    t0 = time.perf_counter()
+    log = out.with_name(out.name + ".progress.jsonl")
+    args = [str(archive), str(out), str(workers), str(series), str(limit or 0), str(log)]
+    res = subprocess.run(
+        [sys.executable, "-c", _CHILD, *args],
+        capture_output=True,
+        text=True,
+    )
+    if res.returncode:
+        raise SystemExit(res.stderr[-3000:])
+    data = json.loads(res.stdout.strip().splitlines()[-1])
+    data["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    return data
+
+
+def provenance(args: argparse.Namespace) -> dict:
+    """Where a record comes from: script, command, commit, date, pipeline, machine, load."""
+    here = Path(__file__).resolve().parent.parent
+
+    def git(*cmd: str) -> str:
+        res = subprocess.run(["git", *cmd], cwd=here, capture_output=True, text=True)
+        return res.stdout.strip()
+
+    from dicom_sr.evaluate.measure import machine_info
+
+    return {
+        "script": "benchmarks/batch_archive.py",
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "commit": git("rev-parse", "HEAD"),
+        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "pipeline": "bmode-default",
+        "method": "bicubic",
+        "workers": args.workers,
+        "machine": {**machine_info(), "host": platform.node(), "loadavg": os.getloadavg()},
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--series", type=int, nargs="+", default=[20_000, 100_000])
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--archive", type=Path, default=None, help="Folder for the archives.")
+    ap.add_argument(
+        "--limit", type=int, default=None, help="Plan all, process the first N series only."
+    )
+    args = ap.parse_args()
+    root = args.archive or Path(tempfile.gettempdir())
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for n in args.series:
+        archive = root / f"dicom-sr-batch-{n}"
+        generate(archive, n)
+        source = provenance(args)  # as the run starts: the commit that runs
+        with tempfile.TemporaryDirectory(dir=root) as tmp:
+            data = measure(archive, Path(tmp) / "out", args.workers, n, args.limit)
+        report = data.pop("report")
+        source["pipeline_version"] = data.pop("version")
+        source["config_hash"] = report["config_hash"]
+        source["machine"]["loadavg_after"] = os.getloadavg()
+        record = {
+            "provenance": source,
+            "series": n,
+            "limit": args.limit,
+            "plan_seconds": report["plan"]["seconds"],
+            "run_seconds": report["processing_seconds"],
+            "series_per_second": report["series_per_second"],
+            "done": report["series"]["done"],
+            "failed": report["series"]["failed"],
+            **data,
+        }
+        part = f"-limit{args.limit}" if args.limit else ""
+        path = RESULTS / f"bicubic-{n}{part}-w{args.workers}.json"
+        path.write_text(json.dumps(record, indent=2) + "\n")
+        print(json.dumps({k: v for k, v in record.items() if k != "provenance"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
