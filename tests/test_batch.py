@@ -485,6 +485,26 @@ def test_device_cuda_without_a_gpu_ends_at_once_with_one_line(tmp_path):
     assert "Traceback" not in res.output and not (tmp_path / "out" / "jobs.sqlite3").exists()
 
 
+def test_a_submit_host_without_a_gpu_plans_for_gpu_workers(tmp_path):
+    """With --scheduler the workers hold the GPUs: a dry run plans the series for CUDA here."""
+    import torch
+    from click.testing import CliRunner
+
+    from dicom_sr.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    archive = tmp_path / "archive"
+    _copy(["ExplVR_BigEnd.dcm"], archive)
+    out = tmp_path / "out"
+    args = ["batch", str(archive), "--out", str(out), "--device", "cuda", "--dry-run"]
+    args += ["--scheduler", "tcp://127.0.0.1:9", "--json"]
+    res = CliRunner().invoke(main, args)
+    assert "no CUDA device" not in res.output and "Traceback" not in res.output, res.output
+    report = json.loads(res.output)
+    assert report["plan"]["series"] == 1 and len(report["todo"]) == 1
+
+
 def test_tasks_that_need_a_gpu_no_worker_offers_end_with_an_error(cluster):
     """No hang: when no connected worker declares the GPU resource, the run stops and says so."""
     from dicom_sr.batch.cluster import ClusterSpec, NoGpuWorkers, open_client

@@ -109,7 +109,8 @@ def batch(
         raise click.UsageError("--workers and --gpus-per-worker size the embedded cluster only")
     config = load_config(opts, **{"engine.threads": threads_per_worker})
     out = usable_out(out_dir)
-    _check_local_gpus(config.engine.device, 0 if scheduler or dry_run else gpus_per_worker)
+    if not scheduler:  # the embedded cluster's workers run here; a scheduler's may have GPUs
+        _check_local_gpus(config.engine.device, 0 if dry_run else gpus_per_worker)
 
     from dicom_sr.batch.runner import BatchOptions, run_batch
 
@@ -148,9 +149,10 @@ def batch(
 
 
 def _check_local_gpus(device: str, gpus_per_worker: int) -> None:
-    """Asking for CUDA on a machine without it ends at once, in one line: the embedded
-    cluster's workers run here, and the client derives the series UIDs, which name the device
-    kind, here too (with ``--scheduler`` as well)."""
+    """Asking the embedded cluster for CUDA on a machine without it ends at once, in one line.
+
+    With ``--scheduler`` the workers are elsewhere and the client plans without a GPU: the
+    series UIDs name the device *kind*, which needs no device (``engine.device_kind``)."""
     if device != "cuda" and not gpus_per_worker:
         return
     from dicom_sr.batch.cluster import gpu_count
