@@ -356,6 +356,9 @@ def test_dry_run_plans_and_bad_options_exit_2(tmp_path):
     assert res.exit_code == 0 and "2 series to do" in res.output, res.output
     assert JobStore(tmp_path / "o2", path=elsewhere).counts()["queued"] == 2
     assert not (tmp_path / "o2" / "jobs.sqlite3").exists()
+    listed = runner.invoke(main, ["jobs", "--store", str(elsewhere), "--json"])  # the operator
+    assert listed.exit_code == 0, listed.output
+    assert sorted(j["state"] for j in json.loads(listed.output)) == ["queued", "queued"]
     bad = ["batch", str(archive), "--out", str(out), "--scheduler", "tcp://127.0.0.1:1"]
     assert runner.invoke(main, [*bad, "--workers", "2"]).exit_code == 2
     assert (

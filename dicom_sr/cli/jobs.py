@@ -25,11 +25,20 @@ _OUT = click.option(
     help="The output folder of listen or batch (holds jobs.sqlite3).",
 )
 _JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+_STORE = click.option(
+    "--store",
+    "store_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="The job store file, where batch --store put it outside --out.",
+)
 
 
-def _open(out_dir: str | None) -> JobStore:
+def _open(out_dir: str | None, store_path: str | None = None) -> JobStore:
+    """The job store of ``out_dir`` (or the file ``store_path``), refused when there is none."""
+    if store_path:
+        return JobStore(out_dir or Path(store_path).parent, path=store_path)
     if not out_dir:
-        raise click.UsageError("give --out (the folder of listen or batch)")
+        raise click.UsageError("give --out (the folder of listen or batch) or --store")
     if not (Path(out_dir) / STORE_NAME).exists():
         raise click.UsageError(f"{out_dir}: no {STORE_NAME} (not an output of listen or batch)")
     return JobStore(out_dir)
@@ -78,6 +87,7 @@ def _resolve(store: JobStore, keys: tuple[str, ...]) -> tuple[list[str], list[st
 
 @click.group("jobs", invoke_without_command=True)
 @_OUT
+@_STORE
 @_JSON
 @click.option(
     "--state",
@@ -88,15 +98,20 @@ def _resolve(store: JobStore, keys: tuple[str, ...]) -> tuple[list[str], list[st
 @click.option("--kind", type=click.Choice(["listen", "batch"]), default=None)
 @click.pass_context
 def jobs(
-    ctx: click.Context, out_dir: str | None, as_json: bool, state: str | None, kind: str | None
+    ctx: click.Context,
+    out_dir: str | None,
+    store_path: str | None,
+    as_json: bool,
+    state: str | None,
+    kind: str | None,
 ) -> None:
     """List the jobs in OUT/jobs.sqlite3: one row per series with its source, sender, state,
     attempts, last error and destinations. The commands retry and forget change them."""
     ctx.ensure_object(dict)
-    ctx.obj["out_dir"] = out_dir
+    ctx.obj.update(out_dir=out_dir, store_path=store_path)
     if ctx.invoked_subcommand is not None:
         return
-    store = _open(out_dir)
+    store = _open(out_dir, store_path)
     forwards = Forwards(store)
     rows = store.jobs(state=_ALIASES.get(state or "", state), kind=kind)
     if as_json:
@@ -151,6 +166,7 @@ def _report(as_json: bool, verb: str, done: list[str], missing: list[str], **ext
 @jobs.command("retry")
 @click.argument("keys", nargs=-1)
 @_OUT
+@_STORE
 @_JSON
 @click.option("--failed", "all_failed", is_flag=True, help="Every failed job.")
 @click.option(
@@ -164,13 +180,14 @@ def retry(
     ctx: click.Context,
     keys: tuple[str, ...],
     out_dir: str | None,
+    store_path: str | None,
     as_json: bool,
     all_failed: bool,
     flush: bool,
 ) -> None:
     """Queue failed jobs again with fresh attempts (KEY: derived or source series UID, or its
     end as shown), and/or (--forward) retry their pending forwards now."""
-    store = _open(out_dir or ctx.obj.get("out_dir"))
+    store = _open(out_dir or ctx.obj.get("out_dir"), store_path or ctx.obj.get("store_path"))
     if not (keys or all_failed or flush):
         raise click.UsageError("give KEY..., --failed or --forward")
     found, missing = _resolve(store, keys) if keys else ([], [])
@@ -188,12 +205,19 @@ def retry(
 @jobs.command("forget")
 @click.argument("keys", nargs=-1, required=True)
 @_OUT
+@_STORE
 @_JSON
 @click.pass_context
-def forget(ctx: click.Context, keys: tuple[str, ...], out_dir: str | None, as_json: bool) -> None:
+def forget(
+    ctx: click.Context,
+    keys: tuple[str, ...],
+    out_dir: str | None,
+    store_path: str | None,
+    as_json: bool,
+) -> None:
     """Delete the rows of these jobs (not while processing). Their files stay; a sender that
     sends the series again makes a new job of it."""
-    store = _open(out_dir or ctx.obj.get("out_dir"))
+    store = _open(out_dir or ctx.obj.get("out_dir"), store_path or ctx.obj.get("store_path"))
     found, missing = _resolve(store, keys)
     gone = store.forget(found)
     _report(as_json, "forgotten", gone, missing + [k for k in found if k not in gone])
