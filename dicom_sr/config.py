@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import string
-import sys
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -27,11 +27,6 @@ from pydantic import (
 )
 
 from dicom_sr.errors import DicomSrError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 __all__ = [
     "ConfigError",

@@ -70,7 +70,9 @@ def count(log: Path, text: str) -> int:
 
 
 def test_three_sigterms_during_one_series_then_it_completes_and_is_forwarded_once(tmp_path, peers):
-    study = make_study(tmp_path / "study", 8)
+    # 30 instances: ibp writes several a second on an idle machine, and each stop must land
+    # while the series is still running
+    study = make_study(tmp_path / "study", 30)
     dest = StoreScp(tmp_path / "pacs")
     node = Node(tmp_path / "node", "--method", "ibp", "--forward", dest.dest)
     peers += [dest, node]

@@ -13,7 +13,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pydicom import Dataset
@@ -138,7 +138,7 @@ def _merge(into: DerivedIndex, other: DerivedIndex) -> None:
 
 
 def _intro(series: Sequence[Series], skipped: Sequence[Skipped]) -> str:
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     text = f"{len(series)} source series; made {when} by dicom-sr {__version__}."
     if skipped:
         text += f" {len(skipped)} file(s) were not ultrasound images dicom-sr can read."

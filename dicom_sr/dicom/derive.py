@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import highdicom as hd
 from pydicom import DataElement, Dataset
@@ -139,7 +139,7 @@ def derive_dataset(
     """
     where = _source_name(source)
     _check(source, encoded, scale, number_of_frames, where)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
 
     ds = Dataset()
     for tag in list(source.keys()):

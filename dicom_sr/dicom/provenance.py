@@ -8,7 +8,7 @@ output file of a finished instance is found where it was left.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import highdicom as hd
 from pydicom import Dataset
@@ -125,7 +125,7 @@ def software_versions(provenance: Provenance) -> list[str]:
 
 def contributing_equipment(provenance: Provenance, when: datetime | None = None) -> Dataset:
     """One Contributing Equipment Sequence item naming dicom-sr as Processing Equipment."""
-    when = when or datetime.now(timezone.utc)
+    when = when or datetime.now(UTC)
     return hd.ContributingEquipment(
         manufacturer=MANUFACTURER,
         purpose_of_reference=codes.DCM.ProcessingEquipment,
