@@ -11,23 +11,26 @@ peak client RSS, and the RSS curve.
 
     nice -n 10 python benchmarks/batch_archive.py --series 20000 100000
 
-Results: one JSON record per size under ``benchmarks/results/batch_archive/``.
+Results: one JSON record per size, written through ``benchmarks/record.py`` (its provenance) to
+``benchmarks/results/batch_archive/bicubic-<series>[-limit<N>]-w<workers>.json``, or ``--out
+NAME`` (``{series}`` in it stands for the size; needed when several sizes run).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results" / "batch_archive"
+from record import provenance, results_path, write_json  # (benchmarks/ on sys.path)
+
+#: the pipeline the client process runs (as _CHILD loads it)
+OVERRIDES = {"engine.method": "bicubic", "engine.threads": 1}
 
 
 def generate(folder: Path, series: int) -> None:
@@ -96,7 +99,7 @@ from dicom_sr.config import load_pipeline
 archive, out, workers, total = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 limit = int(sys.argv[5]) or None
 log = open(sys.argv[6], "a")
-config = load_pipeline("bmode-default", {"engine.method": "bicubic", "engine.threads": 1})
+config = load_pipeline("bmode-default", json.loads(sys.argv[7]))
 base = me.memory_info().rss
 curve, step = [], max(1, (int(sys.argv[5]) or total) // 20)
 def progress(st):
@@ -123,6 +126,7 @@ def measure(archive: Path, out: Path, workers: int, series: int, limit: int | No
     t0 = time.perf_counter()
     log = out.with_name(out.name + ".progress.jsonl")
     args = [str(archive), str(out), str(workers), str(series), str(limit or 0), str(log)]
+    args.append(json.dumps(OVERRIDES))
     res = subprocess.run(
         [sys.executable, "-c", _CHILD, *args],
         capture_output=True,
@@ -135,29 +139,6 @@ def measure(archive: Path, out: Path, workers: int, series: int, limit: int | No
     return data
 
 
-def provenance(args: argparse.Namespace) -> dict:
-    """Where a record comes from: script, command, commit, date, pipeline, machine, load."""
-    here = Path(__file__).resolve().parent.parent
-
-    def git(*cmd: str) -> str:
-        res = subprocess.run(["git", *cmd], cwd=here, capture_output=True, text=True)
-        return res.stdout.strip()
-
-    from dicom_sr.evaluate.measure import machine_info
-
-    return {
-        "script": "benchmarks/batch_archive.py",
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "commit": git("rev-parse", "HEAD"),
-        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "pipeline": "bmode-default",
-        "method": "bicubic",
-        "workers": args.workers,
-        "machine": {**machine_info(), "host": platform.node(), "loadavg": os.getloadavg()},
-    }
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--series", type=int, nargs="+", default=[20_000, 100_000])
@@ -166,21 +147,29 @@ def main() -> None:
     ap.add_argument(
         "--limit", type=int, default=None, help="Plan all, process the first N series only."
     )
+    ap.add_argument("--out", default=None, help="results file; {series} stands for the size")
     args = ap.parse_args()
+    if args.out and len(args.series) > 1 and "{series}" not in args.out:
+        ap.error("--out needs {series} in it when several sizes run")
+    from dicom_sr.config import load_pipeline
+
+    config = load_pipeline("bmode-default", OVERRIDES)
     root = args.archive or Path(tempfile.gettempdir())
-    RESULTS.mkdir(parents=True, exist_ok=True)
     for n in args.series:
         archive = root / f"dicom-sr-batch-{n}"
         generate(archive, n)
-        source = provenance(args)  # as the run starts: the commit that runs
+        prov = provenance(__file__, config, device="cpu")  # as the run starts
         with tempfile.TemporaryDirectory(dir=root) as tmp:
             data = measure(archive, Path(tmp) / "out", args.workers, n, args.limit)
         report = data.pop("report")
-        source["pipeline_version"] = data.pop("version")
-        source["config_hash"] = report["config_hash"]
-        source["machine"]["loadavg_after"] = os.getloadavg()
+        data.pop("version")  # the pipeline's version: in the provenance
+        if report["config_hash"] != prov["pipeline"]["hash"]:  # say so; keep the measurement
+            prov["pipeline"]["hash_the_client_ran"] = report["config_hash"]
+        if hasattr(os, "getloadavg"):
+            prov["machine"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
         record = {
-            "provenance": source,
+            "method": "bicubic",
+            "workers": args.workers,
             "series": n,
             "limit": args.limit,
             "plan_seconds": report["plan"]["seconds"],
@@ -191,9 +180,10 @@ def main() -> None:
             **data,
         }
         part = f"-limit{args.limit}" if args.limit else ""
-        path = RESULTS / f"bicubic-{n}{part}-w{args.workers}.json"
-        path.write_text(json.dumps(record, indent=2) + "\n")
-        print(json.dumps({k: v for k, v in record.items() if k != "provenance"}, indent=2))
+        name = (args.out or "bicubic-{series}" + part + f"-w{args.workers}.json").format(series=n)
+        path = write_json(results_path(__file__, name), record, prov)
+        print(json.dumps(record, indent=2))
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -10,21 +10,19 @@ Measures, on the device given (``cuda`` by default):
 - training iterations per second of the default CycleGAN on a 480x640 frame;
 - the peak GPU memory of each (``torch.cuda.max_memory_allocated``).
 
-Prints a table the docs can quote and writes everything, with the commit, date, pipeline
-version and machine, as JSON under ``--out`` (a folder). Without CUDA it says so and exits 0.
+Prints a table the docs can quote and writes everything as JSON through ``benchmarks/record.py``
+(its provenance: commit, date, pipeline, machine) to ``--out NAME``, by default
+``benchmarks/results/gpu_bench/<UTC time>-<GPU name>.json``. Without CUDA it says so and exits 0.
 
 Usage::
 
-    python benchmarks/gpu_bench.py [--device cuda] [--repeat 5] [--iterations 200] [--out DIR]
+    python benchmarks/gpu_bench.py [--device cuda] [--repeat 5] [--iterations 200] [--out NAME]
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,13 +34,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from record import provenance, results_path, write_json  # noqa: E402  (benchmarks/ on sys.path)
+
 from dicom_sr import __version__  # noqa: E402
 from dicom_sr.config import load_pipeline  # noqa: E402
 from dicom_sr.engine import fit, upscale  # noqa: E402
 from dicom_sr.engine.device import repeatable, select_device  # noqa: E402
 from dicom_sr.engine.infer import precision  # noqa: E402
 from dicom_sr.engine.resize import resize_bicubic  # noqa: E402
-from dicom_sr.evaluate.measure import machine_info  # noqa: E402
 
 SAMPLE = ROOT / "sample_data" / "us_phantom_single.dcm"
 
@@ -160,16 +159,6 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
-        )
-        return out.stdout.strip() or None
-    except OSError:
-        return None
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu (a dry run)")
@@ -178,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--sizes", default="640x480,1280x960", help="LR frame sizes WxH, comma-separated"
     )
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gpu_check")
+    ap.add_argument("--out", default=None, help="results file (default: <UTC time>-<GPU>.json)")
     args = ap.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print(f"gpu_bench: no CUDA device visible to torch {torch.__version__}; nothing measured")
@@ -186,33 +175,22 @@ def main(argv: list[str] | None = None) -> int:
     pipeline = load_pipeline()
     engine = pipeline.engine.model_copy(update={"device": args.device})
     device = select_device(args.device)
+    prov = provenance(__file__, pipeline, device=str(device), argv=argv)
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        prov["machine"]["cuda"]["capability"] = f"{major}.{minor}"
     with repeatable(device):
         sizes = [tuple(int(v) for v in s.split("x"))[::-1] for s in args.sizes.split(",")]
         rows = time_frames(engine, device, args.repeat, sizes)
         rows.append(time_training(engine, device, args.iterations))
-    now = dt.datetime.now(dt.timezone.utc)
-    record = {
-        "script": "benchmarks/gpu_bench.py",
-        "argv": sys.argv[1:] if argv is None else argv,
-        "commit": _commit(),
-        "date": now.isoformat(timespec="seconds"),
-        "pipeline": pipeline.name,
-        "pipeline_version": pipeline.version,
-        "dicom_sr": __version__,
-        "device": str(device),
-        "machine": machine_info(),
-        "results": rows,
-    }
-    if device.type == "cuda":
-        major, minor = torch.cuda.get_device_capability(device)
-        record["machine"]["cuda"]["capability"] = f"{major}.{minor}"
+    record = {"dicom_sr": __version__, "device": str(device), "results": rows}
     print()
     print(table(rows))
-    args.out.mkdir(parents=True, exist_ok=True)
-    name = record["machine"]["cuda"]["device"] if device.type == "cuda" else "cpu"
-    path = args.out / f"{now:%Y%m%dT%H%M%SZ}-{name.replace(' ', '_')}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    print(f"\nwritten: {path}")
+    name = prov["machine"]["cuda"]["device"] if device.type == "cuda" else "cpu"
+    stamp = prov["date"].replace("-", "").replace(":", "")
+    out = results_path(__file__, args.out or f"{stamp}-{name.replace(' ', '_')}.json")
+    write_json(out, record, prov)
+    print(f"\nwritten: {out}")
     return 0
 
 

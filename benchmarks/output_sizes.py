@@ -12,15 +12,14 @@ Usage::
     python benchmarks/output_sizes.py                      # every file below
     python benchmarks/output_sizes.py --files US1_UNCR.dcm --method ibp
 
-Writes ``benchmarks/results/output_sizes/<method>.json`` (or ``--out``).
+Writes ``benchmarks/results/output_sizes/<method>.json`` (or ``--out NAME``) through
+``benchmarks/record.py``, with its provenance.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,9 +32,10 @@ from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from record import provenance, results_path, write_json  # noqa: E402  (benchmarks/ on sys.path)
+
 from dicom_sr.config import load_pipeline  # noqa: E402
 from dicom_sr.dicom.discover import discover  # noqa: E402
-from dicom_sr.evaluate.measure import machine_info  # noqa: E402
 from dicom_sr.pipeline import process_series  # noqa: E402
 
 FILES = (
@@ -48,18 +48,13 @@ FILES = (
 CODECS = {"rle": RLELossless, "jpegls": JPEGLSLossless, "j2k": JPEG2000Lossless}
 
 
-def _commit() -> tuple[str, bool]:
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False
-        ).stdout.strip()
-
-    return git("rev-parse", "HEAD"), bool(git("status", "--porcelain"))
+def _config(method: str):
+    return load_pipeline("bmode-default", {"engine.method": method, "output.compress": "none"})
 
 
 def measure(name: str, method: str, work: Path) -> dict:
     source = Path(get_testdata_file(name))
-    config = load_pipeline("bmode-default", {"engine.method": method, "output.compress": "none"})
+    config = _config(method)
     (series,) = discover([source]).series
     t0 = time.perf_counter()
     result = process_series(series, config, work / name)
@@ -93,29 +88,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", nargs="*", default=list(FILES))
     parser.add_argument("--method", default="bicubic")
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--out", default=None, help="results file (default: <method>.json)")
     args = parser.parse_args()
-    config = load_pipeline("bmode-default")
-    commit, dirty = _commit()
+    prov = provenance(__file__, _config(args.method), device="cpu")
     with tempfile.TemporaryDirectory(dir=ROOT / "benchmarks") as tmp:
         rows = [measure(name, args.method, Path(tmp)) for name in args.files]
-    out = args.out or ROOT / "benchmarks" / "results" / "output_sizes" / f"{args.method}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    record = {
-        "provenance": {
-            "script": "benchmarks/output_sizes.py",
-            "command": " ".join(["python", "benchmarks/output_sizes.py", *sys.argv[1:]]),
-            "commit": commit,
-            "dirty": dirty,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "pipeline": {"name": config.name, "version": config.version, "scale": 2},
-            "method": args.method,
-            "pydicom": pydicom.__version__,
-            "machine": machine_info(),
-        },
-        "rows": rows,
-    }
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    out = results_path(__file__, args.out or f"{args.method}.json")
+    result = {"method": args.method, "scale": 2, "pydicom": pydicom.__version__, "rows": rows}
+    write_json(out, result, prov)
     print(f"wrote {out}")
 
 

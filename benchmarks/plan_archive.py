@@ -8,6 +8,9 @@ plan's own; ``--heap`` also traces the Python heap peak during planning (tracema
 the process' baseline (torch is imported with the pipeline) dominates the resident size.
 
     python benchmarks/plan_archive.py --files 100000
+
+Writes one JSON record (both plans) through ``benchmarks/record.py``, with its provenance, to
+``benchmarks/results/plan_archive/plan-<files>.json`` or ``--out NAME``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from record import provenance, results_path, write_json  # (benchmarks/ on sys.path)
+
+#: the pipeline the planning process plans for (as _CHILD loads it)
+OVERRIDES = {"engine.method": "bicubic"}
 
 
 def generate(folder: Path, files: int, per_series: int) -> None:
@@ -67,7 +75,7 @@ import json, resource, sys, time, tracemalloc
 from dicom_sr.batch.plan import plan_archive
 from dicom_sr.config import load_pipeline
 from dicom_sr.jobs import JobStore
-config = load_pipeline("bmode-default", {"engine.method": "bicubic"})
+config = load_pipeline("bmode-default", json.loads(sys.argv[4]))
 store = JobStore(sys.argv[2])
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 if sys.argv[3] == "1":
@@ -87,7 +95,15 @@ print(json.dumps({"files": plan.files, "read": plan.inspected, "series": plan.se
 def measure(archive: Path, out: Path, heap: bool = False) -> dict:
     """Plan ``archive`` into ``out`` in a fresh process; its numbers."""
     res = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(archive), str(out), "1" if heap else "0"],
+        [
+            sys.executable,
+            "-c",
+            _CHILD,
+            str(archive),
+            str(out),
+            "1" if heap else "0",
+            json.dumps(OVERRIDES),
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -101,18 +117,21 @@ def main() -> None:
     ap.add_argument("--per-series", type=int, default=10)
     ap.add_argument("--archive", type=Path, default=None)
     ap.add_argument("--heap", action="store_true", help="Also trace the Python heap (2-3x slower).")
-    ap.add_argument("--json", type=Path, default=None, help="Also write the results here.")
+    ap.add_argument("--out", default=None, help="results file (default: plan-<files>.json)")
     args = ap.parse_args()
+    from dicom_sr.config import load_pipeline
+
+    prov = provenance(__file__, load_pipeline("bmode-default", OVERRIDES), device="cpu")
     archive = args.archive or Path(tempfile.gettempdir()) / f"dicom-sr-plan-{args.files}"
     generate(archive, args.files, args.per_series)
     with tempfile.TemporaryDirectory() as tmp:
         cold = measure(archive, Path(tmp) / "out", args.heap)  # every header read
         warm = measure(archive, Path(tmp) / "out", args.heap)  # a re-run: staged plan reused
-    result = {"files": args.files, "per_series": args.per_series, "cold": cold, "rerun": warm}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    result = {"files": args.files, "per_series": args.per_series, "heap": args.heap,
+              "cold": cold, "rerun": warm}  # fmt: skip
+    print(json.dumps(result, indent=2))
+    path = write_json(results_path(__file__, args.out or f"plan-{args.files}.json"), result, prov)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

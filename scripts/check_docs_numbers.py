@@ -1,24 +1,26 @@
-"""Check that every figure README.rst and docs/benchmarks.rst quote comes from a results file.
+"""Check that every figure README.rst and the docs' results pages quote comes from a results file.
 
 A figure is a number with a unit: dB, s, ms, min, minutes, x (a ratio: ``3.9x``), MB, MiB, GB,
-GiB, % (``5 min 38 s`` is one figure, 338 s). Each one must match a value of the figure index
-in ``benchmarks/README.md`` (at the precision the document writes it; an unsigned figure may
-quote a signed value's size), and
-each value of the index must equal what its expression computes from its results file, at the
-precision the index writes it. So prose cannot drift from the index, nor the index from the
-results.
+GiB, %, TFLOP, series/s (``5 min 38 s`` is one figure, 338 s; ``1,027 s`` is 1027 s). Each
+one must match a value of the figure index in ``benchmarks/README.md`` (at the precision the
+document writes it; an unsigned figure may quote a signed value's size), and each value of the
+index must equal what its expression computes from its results file, at the precision the
+index writes it. So prose cannot drift from the index, nor the index from the results.
 
 The index is the Markdown table whose header starts ``| figure | value | results file |
 computed as |``. ``computed as`` is a Python expression over the file: ``rows`` (the records
 of a JSONL file), ``data`` (a JSON file), ``col(name, **where)`` (one field of the rows that
-match ``where``), ``mean``, ``min``, ``max``, ``len``, ``round``, ``abs``.
+match ``where``), ``mean``, ``min``, ``max``, ``len``, ``round``, ``abs``, and ``results(path)``
+(another results file, by its path from the repository root: its rows or its data), for a
+figure that compares two runs.
 
 Numbers with a unit that are settings or targets, not results (a margin of ``-1 dB``), are
 declared in the document itself by a comment line::
 
     .. check-docs-numbers: not results: -1 dB; 0.1 dB
 
-It also checks that every results file those two pages and ``docs/history.rst`` name exists.
+The pages checked are ``DOCS`` below; it also checks that every results file they and
+``docs/history.rst`` name exists.
 
 Usage: ``python scripts/check_docs_numbers.py [--index FILE] [DOC ...]``; exit 1 on any
 mismatch, each named with its file and line.
@@ -35,15 +37,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ("README.rst", "docs/benchmarks.rst")
+DOCS = (
+    "README.rst",
+    "docs/benchmarks.rst",
+    "docs/batch.rst",
+    "docs/operations.rst",
+    "docs/gpu.rst",
+)
 #: pages whose results files must exist (``tissue_crops/x4-v7.jsonl``, ``archive/...``)
 CITING = (*DOCS, "docs/history.rst")
 INDEX = "benchmarks/README.md"
 RESULTS = ROOT / "benchmarks" / "results"
 RESULT_REF = re.compile(r"``((?:benchmarks/results/)?[\w.-]+/[\w./-]+\.jsonl?)``")
 
-UNITS = r"dB|ms|s|min|minutes|x|MB|MiB|GB|GiB|%"
-FIGURE = re.compile(rf"(?<![\w.+\-−])([+\-−]?\d+(?:\.\d+)?)\s?({UNITS})(?![\w])")
+UNITS = r"series/s|TFLOP|dB|ms|s|min|minutes|x|MB|MiB|GB|GiB|%"
+#: a number (``1,027`` with thousands separators is one) and its unit
+NUMBER = r"[+\-−]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
+FIGURE = re.compile(rf"(?<![\w.,+\-−])({NUMBER})\s?({UNITS})(?![\w])")
 #: "5 min 38 s" is one figure, 338 s
 MIN_SEC = re.compile(r"(?<![\w.])(\d+)\s?min\s(\d+(?:\.\d+)?)\s?s(?![\w])")
 NOT_RESULTS = re.compile(r"^\.\.\s+check-docs-numbers:\s*not results:\s*(.*)$")
@@ -62,7 +72,7 @@ class Figure:
 
     @classmethod
     def parse(cls, number: str, unit: str, where: str) -> Figure:
-        number = number.replace("−", "-")
+        number = number.replace("−", "-").replace(",", "")
         decimals = len(number.split(".")[1]) if "." in number else 0
         return cls(float(number), decimals, number[0] in "+-", unit, where)
 
@@ -88,7 +98,7 @@ def figures(text: str, source: str) -> list[Figure]:
         if m:
             for item in m.group(1).split(";"):
                 for num, unit in FIGURE.findall(item.strip()):
-                    exempt.add((float(num.replace("−", "-")), unit))
+                    exempt.add((Figure.parse(num, unit, "").value, unit))
     found = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if NOT_RESULTS.match(line.strip()):
@@ -164,8 +174,14 @@ def evaluate(entry: Entry, cache: dict[Path, dict]) -> float:
     def col(name: str, **where: object) -> list:
         return [r[name] for r in rows if all(r.get(k) == v for k, v in where.items())]
 
-    names = {"col": col, "mean": statistics.fmean, "min": min, "max": max, "len": len,
-             "round": round, "abs": abs}  # fmt: skip
+    def results(path: str) -> object:
+        other = ROOT / path
+        if other not in cache:
+            cache[other] = load(other)
+        return cache[other]["rows"] if other.suffix == ".jsonl" else cache[other]["data"]
+
+    names = {"col": col, "results": results, "mean": statistics.fmean, "min": min, "max": max,
+             "len": len, "round": round, "abs": abs}  # fmt: skip
     return float(eval(entry.expression, {"__builtins__": {}}, {**scope, **names}))  # noqa: S307
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What a GPU owner runs once: the tests marked `gpu` (CUDA against the CPU, determinism,
 # listen and batch on the GPU) and the speed and memory benchmark (benchmarks/gpu_bench.py),
-# whose table the docs quote and whose JSON lands in benchmarks/results/gpu_check/.
+# whose table the docs quote and whose JSON lands in benchmarks/results/gpu_bench/.
 # Without a CUDA device it says so and exits 0.
 #
 #   bash scripts/gpu_check.sh            # uses .venv/bin/python if there is one, else python3
@@ -21,7 +21,7 @@ echo "== tests marked gpu =="
 "$PY" -m pytest -m gpu -v -p no:cacheprovider -rs tests/test_gpu.py
 tests=$?
 echo "== speed and memory =="
-"$PY" benchmarks/gpu_bench.py --out benchmarks/results/gpu_check "$@"
+"$PY" benchmarks/gpu_bench.py "$@"
 bench=$?
 echo "gpu_check: tests exit $tests, benchmark exit $bench"
 [ "$tests" -eq 0 ] && [ "$bench" -eq 0 ]

@@ -50,7 +50,7 @@ def results(tmp_path):
 
 
 def test_the_repository_docs_pass(checker):
-    """README.rst and docs/benchmarks.rst as committed: every figure traced."""
+    """The pages DOCS names (README.rst, docs/benchmarks.rst, batch, operations, gpu): traced."""
     assert checker.main([]) == 0
 
 
@@ -114,3 +114,35 @@ def test_a_results_file_the_docs_name_must_exist(checker, tmp_path):
     problems = checker.missing_results([page])
     assert len(problems) == 1 and problems[0].endswith("page.rst:2: no results file "
                                                         "tissue_crops/x4-v9.jsonl")  # fmt: skip
+
+
+def test_thousands_new_units_and_a_second_file(checker, tmp_path, results):
+    """``1,027 s`` is one figure; series/s and TFLOP are units; ``results()`` reads another file."""
+    crops, run = results
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"rate": 48.68, "tflop": 4.0199, "seconds": 1027.09}))
+    index = _index(
+        tmp_path,
+        [
+            ("run", "1027 s", str(other), 'data["seconds"]'),
+            ("rate", "48.7 series/s", str(other), 'data["rate"]'),
+            ("flops", "4.02 TFLOP", str(other), 'data["tflop"]'),
+            (
+                "longer",
+                "689 s",
+                str(other),
+                f'data["seconds"] - results("{run}")["runs"]["new"]["seconds"]',
+            ),  # noqa: E501
+        ],
+    )
+    doc = tmp_path / "doc.rst"
+    doc.write_text(
+        "It ran 1,027 s (689 s longer), 48.7 series/s, counting 4.02 TFLOP.\n", encoding="utf-8"
+    )
+    assert checker.check([doc], index) == []
+    doc.write_text("It ran 2,027 s at 48.9 series/s for 4.1 TFLOP.\n", encoding="utf-8")
+    problems = [p.split(": ", 1)[1] for p in checker.check([doc], index)]
+    assert problems == [
+        f"{fig} is not in the figure index (benchmarks/README.md)"
+        for fig in ("2027 s", "48.9 series/s", "4.1 TFLOP")
+    ]
