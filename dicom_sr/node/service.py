@@ -210,6 +210,8 @@ class Node:
         without waiting for it)."""
         self._stopping.set()
         logger.info("stopping: no new associations; the series in hand go back to the queue")
+        if self.pool is not None:  # first: closing the server takes seconds, a series goes on
+            self.pool.cancel()
         if self.server is not None:
             active = list(self.server.active_associations)
             self.server.shutdown()
@@ -219,8 +221,6 @@ class Node:
             for assoc in active:
                 if assoc.is_alive():
                     assoc.abort()
-        if self.pool is not None:
-            self.pool.cancel()
         for thread in self._threads:
             thread.join(grace)
         self._collect(wait=grace)
