@@ -81,6 +81,7 @@ class StoreScp:
     def __init__(self, folder: Path, port: int | None = None):
         self.folder, self.port = folder, port or free_port()
         folder.mkdir(parents=True, exist_ok=True)
+        self.log = folder.parent / f"storescp-{self.port}.log"  # not in folder: received()
         self.proc = subprocess.Popen(
             [
                 dcmtk("storescp"),
@@ -92,10 +93,16 @@ class StoreScp:
                 str(folder),
                 str(self.port),
             ],
-            stdout=subprocess.DEVNULL,
+            stdout=self.log.open("wb"),
             stderr=subprocess.STDOUT,
         )
-        wait_for(lambda: port_open(self.port), 10, "storescp to listen")
+
+        def listening() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"storescp exited {self.proc.returncode}: {self.log}")
+            return port_open(self.port)
+
+        wait_for(listening, 30, "storescp to listen", self.log)
 
     @property
     def dest(self) -> str:
