@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from record import provenance, results_path, write_json  # (benchmarks/ on sys.path)
+from synthetic import tiny_us
 
 #: the pipeline the client process runs (as _CHILD loads it)
 OVERRIDES = {"engine.method": "bicubic", "engine.threads": 1}
@@ -39,8 +40,6 @@ def generate(folder: Path, series: int) -> None:
     import io
 
     import numpy as np
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian
 
     done = folder.with_name(folder.name + ".complete")
     if done.exists() and done.read_text() == str(series):
@@ -48,26 +47,8 @@ def generate(folder: Path, series: int) -> None:
     t0 = time.perf_counter()
     root = "1.2.826.0.1.3680043.8.498.78."
     sop, ser = f"{root}3.1{0:08d}", f"{root}2.1{0:08d}"  # fixed width, no leading zero
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.6.1"
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = sop
-    ds.StudyInstanceUID = root + "1"
-    ds.SeriesInstanceUID = ser
-    ds.Modality = "US"
-    ds.InstanceNumber = 1
-    ds.PatientName = "Synthetic^Archive"
-    ds.PatientID = "BENCH"
-    ds.Rows = ds.Columns = 32
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit = 7
-    ds.PixelRepresentation = 0
     ramp = np.add.outer(np.arange(32), np.arange(32)).astype(np.uint8) * 4
-    ds.PixelData = ramp.tobytes()
+    ds = tiny_us(root + "1", ser, sop, 1, ramp)
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     template = buf.getvalue()

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from record import provenance, results_path, write_json  # (benchmarks/ on sys.path)
+from synthetic import tiny_us
 
 #: the pipeline the planning process plans for (as _CHILD loads it)
 OVERRIDES = {"engine.method": "bicubic"}
@@ -32,8 +33,6 @@ OVERRIDES = {"engine.method": "bicubic"}
 def generate(folder: Path, files: int, per_series: int) -> None:
     """Write the synthetic archive (skipped when ``folder/.complete`` says it is there)."""
     import numpy as np
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian
 
     done = folder.with_name(folder.name + ".complete")
     if done.exists() and done.read_text() == f"{files} {per_series}":
@@ -43,26 +42,8 @@ def generate(folder: Path, files: int, per_series: int) -> None:
     study = root + "1"
     for i in range(files):
         s, k = divmod(i, per_series)
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.6.1"
-        ds.file_meta.MediaStorageSOPInstanceUID = f"{root}3.{i + 1}"
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID = study
-        ds.SeriesInstanceUID = f"{root}2.{s + 1}"
-        ds.Modality = "US"
-        ds.InstanceNumber = k + 1
-        ds.PatientName = "Synthetic^Archive"
-        ds.PatientID = "BENCH"
-        ds.Rows = ds.Columns = 8
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated = ds.BitsStored = 8
-        ds.HighBit = 7
-        ds.PixelRepresentation = 0
-        ds.PixelData = np.full((8, 8), i % 256, np.uint8).tobytes()
+        pixels = np.full((8, 8), i % 256, np.uint8)
+        ds = tiny_us(study, f"{root}2.{s + 1}", f"{root}3.{i + 1}", k + 1, pixels)
         sub = folder / f"{i // 1000:04d}"
         sub.mkdir(parents=True, exist_ok=True)
         ds.save_as(sub / f"{i:07d}.dcm", enforce_file_format=True)
