@@ -135,7 +135,7 @@ PERMANENT = "permanent"
 TRANSIENT = "transient"
 
 # Exception type names, from libraries we do not import here, that mean "the worker went away".
-_LOST_WORKER = {"BrokenProcessPool", "KilledWorker", "CommClosedError", "BrokenPipeError"}
+_LOST_WORKER = {"BrokenProcessPool", "KilledWorker", "CommClosedError"}
 
 
 def classify(exc: BaseException) -> str:

@@ -18,7 +18,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-__all__ = ["PART_NAME", "atomic_write", "fsync_dir", "write_bytes", "write_json"]
+__all__ = [
+    "PART_NAME",
+    "atomic_write",
+    "fsync_dir",
+    "part_name",
+    "this_host",
+    "write_bytes",
+    "write_json",
+]
 
 _HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
 
