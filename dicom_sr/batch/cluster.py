@@ -18,9 +18,18 @@ from typing import Any
 
 from dicom_sr.errors import DicomSrError, MissingExtra
 
-__all__ = ["ClusterSpec", "open_client", "NoGpuWorkers", "gpu_count"]
+__all__ = ["ClusterSpec", "open_client", "NoGpuWorkers", "gpu_count", "LOG_LIMITS"]
 
 logger = logging.getLogger(__name__)
+
+#: Dask's in-memory logs, cut for a client that submits a task per series. Its defaults keep
+#: the last 1,000 batches of messages of every comm (each holding the tasks it carried), 1,000
+#: transitions and 10,000 log records: the client (and the embedded scheduler, which lives in
+#: it) then grew with the number of series until those filled (benchmarks/batch_archive.py).
+LOG_LIMITS = {
+    "distributed.admin.low-level-log-length": 100,
+    "distributed.admin.log-length": 1000,
+}
 
 
 class NoGpuWorkers(DicomSrError, RuntimeError):
@@ -60,6 +69,13 @@ def _distributed():
 def open_client(spec: ClusterSpec) -> Iterator[Any]:
     """A connected :class:`distributed.Client` (and its embedded cluster), closed on exit."""
     distributed = _distributed()
+    import dask
+
+    with dask.config.set(LOG_LIMITS):
+        yield from _client(distributed, spec)
+
+
+def _client(distributed, spec: ClusterSpec) -> Iterator[Any]:
     cluster = None
     if spec.scheduler:
         try:
