@@ -38,7 +38,8 @@ from record import append_jsonl, provenance, results_path  # noqa: E402  (benchm
 
 from dicom_sr.config import EngineConfig, load_pipeline  # noqa: E402
 from dicom_sr.engine import TrainedModel, fit, upscale  # noqa: E402
-from dicom_sr.evaluate.protocol import Degradation, load_cine, load_images, score  # noqa: E402
+from dicom_sr.evaluate.metrics import psnr  # noqa: E402
+from dicom_sr.evaluate.protocol import Degradation, load_cine, load_images, shave  # noqa: E402
 
 #: Set "A": (file, scanner, frame, rows, cols) in the region crop (``load_images``, margin 0).
 CROPS_A = [
@@ -92,6 +93,12 @@ def crops(which: str = "A") -> list[tuple[str, str, np.ndarray, tuple[slice, sli
         label = f"{name}#{index} [{rows.start}:{rows.stop}, {cols.start}:{cols.stop}]"
         out.append((label, scanner, np.ascontiguousarray(frame), (rows, cols)))
     return out
+
+
+def score(hr: np.ndarray, sr: np.ndarray, scale: int) -> dict[str, float]:
+    """PSNR with the ``scale``-pixel border shaved, as ``evaluate``'s score (which adds SSIM
+    and VIF-P, and refuses crops too thin for VIF-P's scales)."""
+    return {"psnr": psnr(shave(hr, scale), shave(np.clip(sr, 0.0, 1.0), scale))}
 
 
 def guard_overruled(model: TrainedModel) -> TrainedModel:
@@ -150,6 +157,13 @@ def measure(
         "guard_gain": (
             round(guard["model_db"] - guard["ibp_db"], 3) if guard.get("model_db") else None
         ),
+        "guard_alone": (
+            round(guard["alone_db"] - guard["ibp_db"], 3) if guard.get("alone_db") else None
+        ),
+        "best_weight": guard.get("best_weight"),
+        "weight": guard.get("weight"),
+        "iterations": model.info.get("iterations"),
+        "refit": (model.info.get("refit") or {}).get("iterations"),
         "alone": round(score(hr, alone, scale)["psnr"] - base, 3),
         "alone1": round(score(hr, first, scale)["psnr"] - base, 3),
         "seconds": round(seconds, 1),
@@ -163,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--set", dest="which", choices=sorted(SETS), default="A")
     ap.add_argument("--scales", default="2,4")
+    ap.add_argument("--crops", default=None, help="indices of the set's crops (default: all)")
     ap.add_argument("--pipeline", default=None, help="pipeline name or file (default: default)")
     ap.add_argument("--engine", action="append", default=[], help="engine override KEY=VALUE")
     ap.add_argument("--weights", default="0.75,0.5,0.25")
@@ -189,7 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     if args.save:
         args.save.mkdir(parents=True, exist_ok=True)
+    picked = {int(i) for i in args.crops.split(",")} if args.crops else None
     for i, (name, scanner, frame, window) in enumerate(crops(args.which)):
+        if picked is not None and i not in picked:
+            continue
         hr, win = (frame, window) if args.fit_on == "frame" else (frame[window], None)
         for scale in (int(s) for s in args.scales.split(",")):
             row = {"crop": name, "set": args.which, "scanner": scanner, "fit_on": args.fit_on}

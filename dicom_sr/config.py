@@ -75,6 +75,18 @@ class EngineConfig(_Frozen):
     lr_check_every: int = Field(60, ge=1, description="iterations between slope checks")
     lr_min_iterations: int = Field(256, ge=0, description="no rate decay before this")
     lr_factor: float = Field(10.0, gt=1, description="divide the rate by this on a plateau")
+    stop_patience: int = Field(
+        0,
+        ge=0,
+        description="end training when the error on the guard's held-aside pairs has not "
+        "improved for this many iterations (back to the best weights); 0 runs to the cap",
+    )
+    refit_iterations: int = Field(
+        0,
+        ge=0,
+        description="after the guard's verdict, iterations on the whole frame (its strip "
+        "included), from the verdict's weights; 0 ships the model trained without the strip",
+    )
     crop_size: int = Field(64, ge=16, description="side of the HR training crops")
     batch_size: int = Field(2, ge=1, description="crops per training iteration")
     augment: Literal["none", "mirror", "dihedral"] = Field(
@@ -132,10 +144,11 @@ class EngineConfig(_Frozen):
     channels_last: bool = Field(
         True, description="channels-last memory format at inference (always with bf16)"
     )
-    model_weight: Literal["auto"] | Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+    model_weight: Literal["auto", "pairs"] | Annotated[float, Field(ge=0.0, le=1.0)] = Field(
         "auto",
         description="share of the model in the output, the rest ibp: auto is 0.5 (measured on "
-        "real tissue crops: the even blend beat the model alone at x2 and x4)",
+        "real tissue crops: the even blend beat the model alone at x2 and x4); pairs is the "
+        "share that fits the guard's held-aside pairs best, per series",
     )
     model_scale: Literal["auto", 2, 3, 4] = Field(
         "auto",

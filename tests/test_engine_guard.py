@@ -15,7 +15,17 @@ from dicom_sr.engine.guard import hold_aside, judge
 
 CPU = torch.device("cpu")
 TINY = dict(iterations=1, crop_size=32, batch_size=1, father_scales=2, device="cpu")
-GUARD_KEYS = {"decision", "model_db", "ibp_db", "pairs", "margin_db", "reason"}
+GUARD_KEYS = {
+    "decision",
+    "model_db",
+    "ibp_db",
+    "alone_db",
+    "best_weight",
+    "weight",
+    "pairs",
+    "margin_db",
+    "reason",
+}
 
 
 @pytest.mark.parametrize("s", [2, 4])
@@ -106,3 +116,69 @@ def test_fit_records_the_verdict_and_the_margin_decides():
     assert kept.info["guard"]["model_db"] == dropped.info["guard"]["model_db"]
     off = fit([frame], EngineConfig(**base, guard=False))
     assert off.info["guard"]["pairs"] == 0 and off.info["guard"]["decision"] == "model"
+
+
+def _pairs_outputs(G, held, config):
+    """The model alone, ibp and the fathers of the held-aside pairs (border shaved)."""
+    from dicom_sr.engine.infer import ibp, self_ensemble
+
+    s = config.scale
+    out = []
+    for lr, hr in zip(held.lr, held.hr, strict=True):
+        with torch.inference_mode():
+            m = self_ensemble(G, lr, config, CPU)[..., s:-s, s:-s].double()
+            b = ibp(lr, config)[..., s:-s, s:-s].double()
+        out.append((m.flatten(), b.flatten(), hr[..., s:-s, s:-s].double().flatten()))
+    return [torch.cat(parts) for parts in zip(*out, strict=True)]
+
+
+def test_the_pairs_weight_is_the_best_blend_of_model_and_ibp_on_the_pairs():
+    frame = _ge()[:120, :234]
+    config = EngineConfig(method="zssr", scale=2, ensemble=1, device="cpu", crop_size=32)
+    torch.manual_seed(0)
+    G = _detail_generator(2)
+    held = hold_aside([frame], config)
+    pairs = judge(G, held, config, CPU)
+    chosen = judge(G, held, config.model_copy(update={"model_weight": "pairs"}), CPU)
+    m, b, y = _pairs_outputs(G, held, config)
+
+    def db(w: float) -> float:
+        return float(10 * torch.log10(1 / ((w * m + (1 - w) * b - y) ** 2).mean()))
+
+    assert pairs["weight"] == 0.5 and abs(pairs["model_db"] - db(0.5)) < 1e-3
+    assert abs(pairs["alone_db"] - db(1.0)) < 1e-3 and abs(pairs["ibp_db"] - db(0.0)) < 1e-3
+    w = chosen["weight"]
+    assert 0.0 <= w <= 1.0 and w == round(chosen["best_weight"], 2)
+    assert abs(chosen["model_db"] - db(w)) < 1e-3
+    # no weight on a fine grid beats the chosen one by more than rounding
+    assert all(db(g / 20) <= chosen["model_db"] + 2e-3 for g in range(21))
+    # upscale applies the chosen weight: the blend of the model alone and ibp
+    model = TrainedModel("zssr", 2, G.state_dict(), {"guard": chosen})
+    alone = upscale(frame, model, config.model_copy(update={"model_weight": 1.0}))
+    anchor = upscale(frame, fit([], EngineConfig(method="ibp", scale=2)), config)
+    shipped = upscale(frame, model, config.model_copy(update={"model_weight": "pairs"}))
+    np.testing.assert_allclose(shipped, np.clip(w * alone + (1 - w) * anchor, 0, 1), atol=2e-6)
+
+
+def test_early_stopping_ends_on_a_flat_held_aside_error_and_refit_sees_the_strip():
+    frame = _echo()  # 240 x 324
+    base = dict(method="zssr", ensemble=1, back_projection_iters=2, crop_size=32, device="cpu")
+    base.update(batch_size=1, father_scales=2, lr_check_every=4)
+    capped = fit([frame], EngineConfig(**base, iterations=40))
+    stopped = fit([frame], EngineConfig(**base, iterations=400, stop_patience=2, lr=1e-7))
+    assert capped.info["iterations"] == 40 and "held" not in capped.info["history"]
+    # at a rate too small to learn, the held-aside error cannot keep improving: it stops
+    # long before the cap, and the weights are those of its best evaluation
+    held = stopped.info["history"]["held"]
+    best = int(stopped.info["history"]["best_iteration"][0])
+    assert stopped.info["iterations"] < 400 and len(held) >= 2
+    assert stopped.info["iterations"] - best >= 2 and held.index(min(held)) == best - 1
+    refit = fit([frame], EngineConfig(**base, iterations=8, refit_iterations=6))
+    alone = fit([frame], EngineConfig(**base, iterations=8))
+    assert refit.info["refit"]["iterations"] == 6 and "refit" not in alone.info
+    # the verdict is that of the model trained without the strip; the weights moved on
+    assert refit.info["guard"] == alone.info["guard"]
+    assert any(
+        not torch.equal(refit.generator_state[k], alone.generator_state[k])
+        for k in alone.generator_state
+    )

@@ -233,6 +233,7 @@ def _fit_learned(name: str) -> Callable[..., TrainedModel]:
                 )
             init_state = init.generator_state
         held = hold_aside(frames, config) if config.guard else None
+        pairs = (held.lr, held.hr) if held is not None and held.hr else None
         res = train(
             frames,
             config,
@@ -243,6 +244,7 @@ def _fit_learned(name: str) -> Callable[..., TrainedModel]:
             device=device,
             progress=progress,
             strips=held.strips if held is not None else None,
+            held_pairs=pairs,
         )
         state = {k: v.detach().to("cpu").clone() for k, v in res.generator_state.items()}
         if held is None:
@@ -260,9 +262,30 @@ def _fit_learned(name: str) -> Callable[..., TrainedModel]:
             "guard": verdict,
             "model_scale": ms,
         }
+        if pairs is not None and config.refit_iterations > 0:
+            state, info["refit"] = _refit(frames, config, name, res, device)
         return TrainedModel(name, out_scale, state, info)
 
     return fit_
+
+
+def _refit(frames, config: EngineConfig, name: str, first, device) -> tuple[dict, dict]:
+    """The output model: the guard's model trained on, now on the whole frame (its strip
+    included), for ``config.refit_iterations`` at the rate the first run ended with. The
+    verdict stays that of the model that never saw the strip."""
+    from dicom_sr.engine.train import train
+
+    res = train(
+        frames,
+        config,
+        method=name,
+        init_state=first.generator_state,
+        iterations=config.refit_iterations,
+        lr=first.final_lr,
+        device=device,
+    )
+    state = {k: v.detach().to("cpu").clone() for k, v in res.generator_state.items()}
+    return state, {"iterations": int(res.iterations), "seconds": float(res.seconds)}
 
 
 def _generator(scale: int, state: dict[str, torch.Tensor]) -> torch.nn.Module:
@@ -286,7 +309,7 @@ def _apply_learned(lr, model, config, device) -> torch.Tensor:
     ms = learned_scale(model)
     cfg = config if ms == config.scale else config.model_copy(update={"scale": ms})
     sr = self_ensemble(model.generator(ms, device), lr, cfg, device)
-    w = model_weight(config)
+    w = model_weight(config, model.info.get("guard"))
     if w < 1.0:
         sr = blend_with_ibp(sr, _apply_ibp(lr, model, cfg, device), w)
     return sr if ms == config.scale else finish_scale(sr, lr, config)

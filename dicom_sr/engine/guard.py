@@ -31,7 +31,7 @@ from torch import nn
 
 from dicom_sr.config import EngineConfig
 from dicom_sr.engine.fathers import Strip, crop_weights
-from dicom_sr.engine.infer import blend_with_ibp, ibp, model_weight, self_ensemble
+from dicom_sr.engine.infer import ibp, model_weight, self_ensemble
 from dicom_sr.engine.resize import downscale, resize_bicubic
 
 __all__ = ["Strip", "HeldAside", "hold_aside", "judge", "skipped", "GUARD_FACTORS"]
@@ -161,6 +161,9 @@ def skipped(reason: str) -> dict[str, Any]:
         "decision": "model",
         "model_db": None,
         "ibp_db": None,
+        "alone_db": None,
+        "best_weight": None,
+        "weight": None,
         "pairs": 0,
         "margin_db": None,
         "reason": reason,
@@ -180,8 +183,10 @@ def judge(
     if not held.hr:
         return skipped("frames too small to hold pairs aside; not checked")
     s = config.scale
-    sq = {"model": 0.0, "ibp": 0.0}  # squared errors and pixels pooled over all pairs: one
-    count = 0  # near-flat pair with a tiny MSE must not dominate (it did, as a mean of dB)
+    # squared errors and pixels pooled over all pairs: one near-flat pair with a tiny MSE must
+    # not dominate (it did, as a mean of dB); the cross terms give the best blend weight
+    sums = {"alone": 0.0, "ibp": 0.0, "cross": 0.0, "gap": 0.0}
+    count = 0
     # same-sized pairs run as one batch through the inference path
     groups: dict[tuple[int, int], list[int]] = {}
     for i, x in enumerate(held.lr):
@@ -189,27 +194,45 @@ def judge(
     for idx in groups.values():
         lr = torch.cat([held.lr[i] for i in idx]).to(device)
         hr = torch.cat([held.hr[i] for i in idx]).to(device)[..., s:-s, s:-s].double()
-        anchor = ibp(lr, config)  # the model's inference path: its blend with ibp, if any
-        model = blend_with_ibp(self_ensemble(G, lr, config, device), anchor, model_weight(config))
-        for name, sr in (("model", model), ("ibp", anchor)):
-            d = sr[..., s:-s, s:-s].double() - hr
-            sq[name] += float((d * d).sum())
+        anchor = ibp(lr, config)[..., s:-s, s:-s].double()
+        alone = self_ensemble(G, lr, config, device)[..., s:-s, s:-s].double()
+        err_m, err_b = alone - hr, anchor - hr
+        sums["alone"] += float((err_m * err_m).sum())
+        sums["ibp"] += float((err_b * err_b).sum())
+        sums["cross"] += float((err_b * (anchor - alone)).sum())
+        sums["gap"] += float(((alone - anchor) ** 2).sum())
         count += hr.numel()
-    m, b = (_db(sq[k] / count) for k in ("model", "ibp"))
+    best = min(1.0, max(0.0, sums["cross"] / sums["gap"])) if sums["gap"] > 0 else 0.5
+    weight = round(best, 2) if config.model_weight == "pairs" else model_weight(config)
+    # the blend's squared error, from the pooled sums: |w m + (1 - w) b - y|^2
+    blend = (
+        weight**2 * sums["alone"]
+        + (1 - weight) ** 2 * sums["ibp"]
+        + 2 * weight * (1 - weight) * _dot(sums)
+    )
+    m, b, a = (_db(v / count) for v in (blend, sums["ibp"], sums["alone"]))
     gain = m - b
     margin = config.guard_margin_db
     decision = "model" if gain >= margin else "ibp"
     verdict = "kept" if decision == "model" else "output is ibp"
     reason = (
         f"model {gain:+.2f} dB against ibp on {len(held.hr)} held-aside pairs "
-        f"(margin {margin:+.2f} dB): {verdict}"
+        f"(weight {weight:g}, margin {margin:+.2f} dB): {verdict}"
     )
     logger.info("guard: %s", reason)
     return {
         "decision": decision,
         "model_db": round(m, 4),
         "ibp_db": round(b, 4),
+        "alone_db": round(a, 4),
+        "best_weight": round(best, 3),
+        "weight": weight,
         "pairs": len(held.hr),
         "margin_db": margin,
         "reason": reason,
     }
+
+
+def _dot(sums: dict[str, float]) -> float:
+    """<m - y, b - y> from the pooled sums: (|m-y|^2 + |b-y|^2 - |m-b|^2) / 2."""
+    return (sums["alone"] + sums["ibp"] - sums["gap"]) / 2

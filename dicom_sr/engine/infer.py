@@ -129,14 +129,20 @@ def ibp(lr: torch.Tensor, config: EngineConfig) -> torch.Tensor:
 AUTO_MODEL_WEIGHT = 0.5
 
 
-def model_weight(config: EngineConfig) -> float:
+def model_weight(config: EngineConfig, verdict: dict | None = None) -> float:
     """The model's share of the output, the rest being ``ibp`` (``config.model_weight``).
 
     ``"auto"``: 0.5 at every scale. On tissue-only crops of real frames the even blend beat the
     model alone at x2 (mean +0.38 against +0.20 dB; the model alone lost up to 1.8 dB on one
     crop the guard let through) and at x4, and no crop fell below ``ibp`` by 0.1 dB
     (docs/history.rst, version 6).
+
+    ``"pairs"``: the weight the guard chose on its held-aside pairs (``verdict["weight"]``),
+    or 0.5 where it made no choice.
     """
+    if config.model_weight == "pairs":
+        chosen = (verdict or {}).get("weight")
+        return AUTO_MODEL_WEIGHT if chosen is None else float(chosen)
     if config.model_weight == "auto":
         return AUTO_MODEL_WEIGHT
     return float(config.model_weight)

@@ -15,12 +15,19 @@ change, a line is fitted to the errors measured since then (within the last
 ``-learning_rate_change_ratio * slope < std``, ratio 1.5; ``>=`` so an exact plateau decays too),
 the rate is divided by ``lr_factor``. Training stops when the rate falls below ``lr_min`` or at
 the iteration cap.
+
+Early stopping (``config.stop_patience`` > 0, given held-aside pairs): every evaluation the
+mean ``|G(son) - father|`` of the guard's pairs, which no training crop touches, is measured;
+training ends when it has not improved (by ``STOP_TOLERANCE``) for ``stop_patience``
+iterations, and ``G`` goes back to the weights of its best evaluation. The cap stays the
+limit.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +56,9 @@ logger = logging.getLogger(__name__)
 #: ZSSR's ``learning_rate_change_ratio``: decay when ``slope >= -std / SLOPE_RATIO``.
 SLOPE_RATIO = 1.5
 _EVAL_CROP = 256
+#: Early stopping: an evaluation improves on the best when its held-aside error is lower by
+#: this share (smaller steps are noise of the crops drawn, not learning).
+STOP_TOLERANCE = 1e-3
 #: What ``TrainResult.perceptual`` (and the provenance) says when the term was left out for
 #: want of VGG19 weights, as opposed to ``"off"`` (weight zero).
 NO_VGG19 = "off (no VGG19 weights)"
@@ -287,6 +297,30 @@ def _step(loop: _Loop) -> dict[str, torch.Tensor]:
     return {k: v.detach() for k, v in terms.items()}
 
 
+class _EarlyStop:
+    """Held-aside error of ``G`` at every evaluation; the best weights and when to stop."""
+
+    def __init__(self, pairs: tuple[list[torch.Tensor], list[torch.Tensor]], patience: int):
+        self.lr = [x for x in pairs[0]]
+        self.hr = [y for y in pairs[1]]
+        self.patience = patience
+        self.best = math.inf
+        self.best_it = 0
+        self.state: dict[str, torch.Tensor] | None = None
+        self.curve: list[float] = []
+
+    @torch.no_grad()
+    def update(self, g: nn.Module, it: int) -> bool:
+        """Measure at iteration ``it``; True when training should end."""
+        err = sum(float((g(x) - y).abs().mean()) for x, y in zip(self.lr, self.hr, strict=True))
+        err /= len(self.lr)
+        self.curve.append(err)
+        if err < self.best * (1.0 - STOP_TOLERANCE):
+            self.best, self.best_it = err, it
+            self.state = {k: v.detach().clone() for k, v in g.state_dict().items()}
+        return it - self.best_it >= self.patience
+
+
 class _History:
     """Per-iteration loss terms, kept on the device and read in one transfer per interval."""
 
@@ -345,12 +379,14 @@ def train(
     device: torch.device,
     progress: Callable[[int, int], None] | None = None,
     strips: Sequence[Strip | None] | None = None,
+    held_pairs: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None,
 ) -> TrainResult:
     """Train ``G`` on ``frames`` (2-D float32 in [0, 1]) by self-supervision.
 
     ``iterations`` / ``lr`` override ``config.iterations`` / ``config.lr`` (fine-tuning);
     ``init_state`` warm-starts ``G``; ``strips`` (one per frame) are bands no training crop
-    touches (the guard's). Deterministic for a given ``config.seed`` and device.
+    touches (the guard's); ``held_pairs`` (sons, fathers) cut from them stop training early
+    when ``config.stop_patience`` is set. Deterministic for a given ``config.seed`` and device.
     """
     if method not in ("cyclegan", "zssr"):
         raise ValueError(f"train: method must be 'cyclegan' or 'zssr', got {method!r}")
@@ -363,6 +399,10 @@ def train(
     eval_lr = downscale(eval_lr_hr, config.scale, config)
     history = _History()
     eval_every = max(1, config.lr_check_every // 4)
+    stop = None
+    if held_pairs and held_pairs[0] and config.stop_patience > 0:
+        lr_pairs = [x.to(device) for x in held_pairs[0]]
+        stop = _EarlyStop((lr_pairs, [y.to(device) for y in held_pairs[1]]), config.stop_patience)
     last_change = done = 0
     for it in range(1, total + 1):
         history.add(_step(loop), loop)
@@ -375,12 +415,19 @@ def train(
             values["recon_iter"].append(float(it))
             if it % config.lr_check_every == 0 and it - last_change >= config.lr_min_iterations:
                 last_change = _adjust_rate(loop, values, it, last_change)
+            if stop is not None and stop.update(loop.nets.g, it):
+                logger.debug("iteration %d: held-aside error flat since %d", it, stop.best_it)
+                break
         if progress is not None:
             progress(it, total)
         if loop.rate < config.lr_min:
             logger.debug("iteration %d: lr %.2e below lr_min, stopping", it, loop.rate)
             break
 
+    if stop is not None and stop.state is not None:
+        loop.nets.g.load_state_dict(stop.state)
+        history.values["held"] = stop.curve
+        history.values["best_iteration"] = [float(stop.best_it)]
     state = {k: v.detach().to("cpu").clone() for k, v in loop.nets.g.state_dict().items()}
     return TrainResult(
         generator_state=state,

@@ -96,7 +96,7 @@ def _blend_text(config: PipelineConfig, model: TrainedModel | None, guard: dict)
     """The model's share of a learned method's output (the rest ibp), for the provenance."""
     if model is None or not get_method(model.method).learned or guard.get("decision") == "ibp":
         return ""
-    return f"model weight {model_weight(config.engine):g} (rest ibp)"
+    return f"model weight {model_weight(config.engine, guard):g} (rest ibp)"
 
 
 def _iter_tissue_crops(
