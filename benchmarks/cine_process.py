@@ -12,7 +12,10 @@ every frame, contiguous memory format, the model alone), run by today's code, so
 if anything an underestimate of the old code's; ``new`` is today's default. Extra runs: ``--extra
 cine_ensemble=1`` and so on.
 
-``--crop`` keeps one window of every frame (frame coordinates), for example tissue only.
+``--crop`` keeps one window of every frame (frame coordinates), for example tissue only;
+``--tissue`` keeps the scanner's first ultrasound region (the tissue). The run ``ibp``
+(``--method ibp``'s pipeline) gives the free anchor: every other run's time is also reported
+as a multiple of its time, in the same run.
 
 ``--src DIR`` adds a run ``src``: another checkout's ``process`` with its own default pipeline
 (its source tree first on the child's ``PYTHONPATH``), for the code and defaults of an earlier
@@ -27,6 +30,7 @@ super-resolves) as well as for the whole frame.
 Usage::
 
     python benchmarks/cine_process.py --regions --runs new --out regions-v7.json
+    python benchmarks/cine_process.py --frames 24 --tissue --runs new,ibp --out tissue24.json
 """
 
 from __future__ import annotations
@@ -151,17 +155,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--extra", action="append", default=[], help="NAME:key=value,key=value")
     ap.add_argument("--crop", default=None, help="Y0:Y1,X0:X1 of every frame (default: whole)")
     ap.add_argument("--regions", action="store_true", help="keep the scanner's regions")
+    ap.add_argument("--tissue", action="store_true", help="keep the first region only")
     ap.add_argument("--src", type=Path, default=None, help="another checkout: run 'src'")
     ap.add_argument("--out", default=None, help="JSON file (a bare name goes to results/)")
     args = ap.parse_args(argv)
-    if args.regions and args.crop:
-        ap.error("--regions and --crop do not go together")
+    if sum(map(bool, (args.regions, args.crop, args.tissue))) > 1:
+        ap.error("--regions, --crop and --tissue do not go together")
+    if args.tissue:
+        rows, cols = region_box()
+        args.crop = f"{rows.start}:{rows.stop},{cols.start}:{cols.stop}"
     hr = read_frames(_testfile(CINE_120), args.frames)
     box = region_box() if args.regions else None
     if args.crop:
         (y0, y1), (x0, x1) = (map(int, part.split(":")) for part in args.crop.split(","))
         hr = [np.ascontiguousarray(f[y0:y1, x0:x1]) for f in hr]
-    settings = {"old": OLD, "new": {}}
+    settings = {"old": OLD, "new": {}, "ibp": {"method": '"ibp"'}}
     for spec in args.extra:
         name, _, pairs = spec.partition(":")
         settings[name] = dict(p.split("=", 1) for p in pairs.split(","))
@@ -198,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
             keys = ("seconds", "psnr", "psnr_region")
             print(json.dumps({name: {k: row[k] for k in keys if k in row}}), flush=True)
     runs = result["runs"]
+    if "ibp" in runs:
+        anchor = runs["ibp"]["seconds"]
+        result["times_ibp"] = {k: round(r["seconds"] / anchor, 2) for k, r in runs.items()}
+        print(json.dumps({"times_ibp": result["times_ibp"]}))
     for ref in ("old", "src"):
         if ref in runs and "new" in runs:
             new, then = runs["new"], runs[ref]

@@ -8,7 +8,7 @@ from test_engine_api import _ge
 
 from dicom_sr.config import EngineConfig
 from dicom_sr.engine import fit, upscale
-from dicom_sr.engine.infer import model_weight
+from dicom_sr.engine.infer import AUTO_MODEL_WEIGHT, model_weight
 
 BASE = dict(method="zssr", iterations=2, crop_size=32, ensemble=1, device="cpu", guard=False)
 
@@ -18,9 +18,9 @@ def _ibp(frame: np.ndarray, scale: int) -> np.ndarray:
     return upscale(frame, fit([], cfg), cfg)
 
 
-def test_auto_is_the_even_blend_at_every_scale():
+def test_auto_is_the_same_blend_at_every_scale():
     for scale in (2, 3, 4):
-        assert model_weight(EngineConfig(scale=scale)) == 0.5
+        assert model_weight(EngineConfig(scale=scale)) == AUTO_MODEL_WEIGHT == 0.75
     assert model_weight(EngineConfig(scale=4, model_weight=0.8)) == 0.8
     assert model_weight(EngineConfig(scale=2, model_weight=1.0)) == 1.0
 
@@ -32,7 +32,7 @@ def test_the_x4_output_is_the_weighted_mean_of_model_and_ibp(weight):
     model = fit([frame], EngineConfig(scale=4, **direct))
     alone = upscale(frame, model, EngineConfig(scale=4, model_weight=1.0, **direct))
     mixed = upscale(frame, model, EngineConfig(scale=4, model_weight=weight, **direct))
-    w = 0.5 if weight == "auto" else weight
+    w = AUTO_MODEL_WEIGHT if weight == "auto" else weight
     expected = np.clip(w * alone + (1 - w) * _ibp(frame, 4), 0.0, 1.0)
     np.testing.assert_allclose(mixed, expected, atol=2e-6)
     assert float(np.abs(mixed - alone).max()) > 1e-3  # the blend really changed the output
@@ -43,6 +43,7 @@ def test_at_x2_auto_blends_and_weight_1_is_the_model_alone():
     model = fit([frame], EngineConfig(scale=2, **BASE))
     auto = upscale(frame, model, EngineConfig(scale=2, **BASE))
     alone = upscale(frame, model, EngineConfig(scale=2, model_weight=1.0, **BASE))
-    expected = np.clip(0.5 * alone + 0.5 * _ibp(frame, 2), 0.0, 1.0)
+    w = AUTO_MODEL_WEIGHT
+    expected = np.clip(w * alone + (1 - w) * _ibp(frame, 2), 0.0, 1.0)
     np.testing.assert_allclose(auto, expected, atol=2e-6)
     assert float(np.abs(auto - alone).max()) > 1e-3

@@ -262,17 +262,21 @@ def _fit_learned(name: str) -> Callable[..., TrainedModel]:
             "guard": verdict,
             "model_scale": ms,
         }
-        if pairs is not None and config.refit_iterations > 0:
-            state, info["refit"] = _refit(frames, config, name, res, device)
+        refit = min(config.refit_iterations, int(res.iterations))  # none after none
+        if pairs is not None and refit > 0:
+            state, info["refit"] = _refit(frames, config, name, res, refit, device)
         return TrainedModel(name, out_scale, state, info)
 
     return fit_
 
 
-def _refit(frames, config: EngineConfig, name: str, first, device) -> tuple[dict, dict]:
+def _refit(
+    frames, config: EngineConfig, name: str, first, iterations: int, device
+) -> tuple[dict, dict]:
     """The output model: the guard's model trained on, now on the whole frame (its strip
-    included), for ``config.refit_iterations`` at the rate the first run ended with. The
-    verdict stays that of the model that never saw the strip."""
+    included), for ``iterations`` (``config.refit_iterations``, at most what the first run
+    trained) at the rate the first run ended with. The verdict stays that of the model that
+    never saw the strip."""
     from dicom_sr.engine.train import train
 
     res = train(
@@ -280,7 +284,7 @@ def _refit(frames, config: EngineConfig, name: str, first, device) -> tuple[dict
         config,
         method=name,
         init_state=first.generator_state,
-        iterations=config.refit_iterations,
+        iterations=iterations,
         lr=first.final_lr,
         device=device,
     )
