@@ -280,7 +280,9 @@ class PipelineConfig(_Frozen):
     engine: EngineConfig = EngineConfig()
     output: OutputConfig = OutputConfig()
     priors: tuple[PriorRule, ...] = Field(
-        (), description="scanner priors: the first rule matching a series warm-starts it"
+        (),
+        description="[[priors]] tables (file, manufacturer, model, calling_ae): the first "
+        "rule matching a series warm-starts it (docs: Scanner priors)",
     )
 
     def prior_for(
