@@ -198,3 +198,20 @@ def test_the_calling_ae_picks_the_prior_in_the_node_worker(prior_a, tmp_path) ->
     paths = [str(SAMPLE / "us_phantom_single.dcm")]
     out = run_series_job(key, paths, config, str(tmp_path), 0, None, False, "CARDIO_3")
     assert out["status"] == "done" and out["prior"]["digest"] == prior_a[1]["digest"]
+
+
+@pytest.mark.parametrize("command", ["process", "listen"])
+def test_a_prior_for_another_scale_is_a_usage_error_before_any_work(
+    prior_a, tmp_path, command
+) -> None:
+    shutil.copy(prior_a[0], tmp_path / "x2.pt")
+    toml = tmp_path / "x3.toml"
+    toml.write_text('[engine]\nmethod = "zssr"\nscale = 3\n[[priors]]\nfile = "x2.pt"\n')
+    out = tmp_path / "out"
+    args = {"process": [str(SAMPLE / "us_phantom_single.dcm")], "listen": ["--port", "0"]}
+    res = CliRunner().invoke(
+        main, [command, *args[command], "--pipeline", str(toml), "--out", str(out)]
+    )
+    assert res.exit_code == 2, res.output
+    assert "x2.pt: prior for x2 (model x2), but pipeline x3 asks x3" in " ".join(res.output.split())
+    assert not list(out.rglob("*.dcm"))
