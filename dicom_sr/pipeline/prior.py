@@ -126,7 +126,8 @@ def train_with_prior(
     model = train_series(
         series, config, init=prior.model, iterations=n, progress=progress, cache=cache
     )
-    model.info["warm_start_prior"] = {"file": prior.file.name, "digest": prior.digest}
+    if model.generator_state is not None:  # not the ibp of a series with no tissue
+        model.info["warm_start_prior"] = {"file": prior.file.name, "digest": prior.digest}
     return model
 
 
