@@ -73,6 +73,8 @@ def test_prior_build_writes_a_prior_whose_metadata_reads_back(prior_a) -> None:
     assert meta["pipeline"] == "small" and meta["config_hash"] == expected.hash()
     assert meta["digest"] == weights_digest(model.generator_state) and len(meta["digest"]) == 64
     assert load_weights(path).generator_state is not None  # an ordinary weights file too
+    shown = CliRunner().invoke(main, ["prior", "show", str(path)])
+    assert shown.exit_code == 0 and json.loads(shown.output) == printed
     ds = pydicom.dcmread(SAMPLE / "us_phantom_single.dcm")
     blob = path.read_bytes()
     assert str(ds.PatientName).encode() not in blob and ds.PatientID.encode() not in blob
@@ -88,6 +90,8 @@ def test_a_prior_with_altered_weights_is_refused_naming_the_file(prior_a, tmp_pa
     torch.save(payload, bad)
     with pytest.raises(ValueError, match="tampered.pt.*digest"):
         read_prior(bad)
+    shown = CliRunner().invoke(main, ["prior", "show", str(bad)])
+    assert shown.exit_code == 1 and "tampered.pt: the weights do not match" in shown.output
 
 
 def test_a_matching_series_is_warm_started_and_its_provenance_says_so(prior_a, tmp_path) -> None:

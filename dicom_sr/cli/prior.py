@@ -66,3 +66,16 @@ def build(inputs, out, train_iterations, per_series, verbose, **opts):
     except OSError as exc:
         raise click.ClickException(f"{out}: cannot write: {exc.strerror or exc}") from None
     click.echo(json.dumps({"file": str(out), **meta}, indent=2))
+
+
+@prior.command("show")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+def show(file):
+    """Print the metadata of the prior FILE, after checking its weights against its digest."""
+    from dicom_sr.engine.prior import prior_meta, read_prior
+
+    try:
+        meta = prior_meta(read_prior(file))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps({"file": str(file), **meta}, indent=2))
