@@ -40,7 +40,9 @@ def prior() -> None:
     "--per-series", type=click.IntRange(min=1), default=None,
     help="Frames taken from each series, spread over it (default: engine.cine_train_frames).",
 )  # fmt: skip
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Where to train."
+)
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def build(inputs, out, train_iterations, per_series, verbose, **opts):
     """Train a prior on the B-mode series in INPUTS (files, folders, DICOMDIR), write --out."""
