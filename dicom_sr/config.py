@@ -8,6 +8,7 @@ Unknown keys and bad values raise :class:`ConfigError` naming the key.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
@@ -33,6 +34,7 @@ __all__ = [
     "LossWeights",
     "EngineConfig",
     "OutputConfig",
+    "PriorRule",
     "PipelineConfig",
     "DEFAULT_PIPELINE",
     "pipelines_dir",
@@ -177,6 +179,12 @@ class EngineConfig(_Frozen):
     cine_budget: float = Field(2.0, gt=0, description="cine iterations = budget x iterations")
     finetune_iterations: int = Field(0, ge=0, description="per-frame fine-tuning iterations")
     finetune_lr: float = Field(1e-4, gt=0, description="learning rate of fine-tuning")
+    prior_iterations: int = Field(
+        0,
+        ge=0,
+        description="training iterations of a series warm-started from a [[priors]] file: 0 "
+        "uses the prior as it is (measured: as good as a cold start; docs: Scanner priors)",
+    )
     # execution
     seed: int = Field(0, description="random seed: same seed, input and device, same output")
     device: Literal["auto", "cpu", "cuda"] = Field(
@@ -253,6 +261,32 @@ class OutputConfig(_Frozen):
         return body + "."
 
 
+class PriorRule(_Frozen):
+    """One ``[[priors]]`` entry: a prior file (``dicom-sr prior build``) and the acquisitions
+    it warm-starts. Match keys are case-insensitive shell patterns; an absent key matches all."""
+
+    file: str = Field(description="the prior file; relative to the pipeline file's folder")
+    manufacturer: str | None = Field(None, description="pattern for Manufacturer (0008,0070)")
+    model: str | None = Field(None, description="pattern for ManufacturerModelName (0008,1090)")
+    calling_ae: str | None = Field(None, description="pattern for the sender's AE title (listen)")
+
+    @field_validator("file")
+    @classmethod
+    def _exists(cls, v: str) -> str:
+        if not Path(v).is_file():
+            raise ValueError(f"prior file {v} does not exist")
+        return v
+
+    def matches(self, manufacturer: str = "", model: str = "", calling_ae: str = "") -> bool:
+        """True when every key this rule sets matches the given value."""
+        pairs = ((self.manufacturer, manufacturer), (self.model, model))
+        pairs += ((self.calling_ae, calling_ae),)
+        return all(
+            pat is None or fnmatch.fnmatchcase(value.strip().casefold(), pat.strip().casefold())
+            for pat, value in pairs
+        )
+
+
 class PipelineConfig(_Frozen):
     """A named, versioned processing configuration."""
 
@@ -261,12 +295,32 @@ class PipelineConfig(_Frozen):
     description: str = ""
     engine: EngineConfig = EngineConfig()
     output: OutputConfig = OutputConfig()
+    priors: tuple[PriorRule, ...] = Field(
+        (),
+        description="[[priors]] tables (file, manufacturer, model, calling_ae): the first "
+        "rule matching a series warm-starts it (docs: Scanner priors)",
+    )
+
+    def prior_for(
+        self, manufacturer: str = "", model: str = "", calling_ae: str = ""
+    ) -> PriorRule | None:
+        """The first :class:`PriorRule` matching these values, or None."""
+        return next((r for r in self.priors if r.matches(manufacturer, model, calling_ae)), None)
 
     def hash(self) -> str:
-        """Short stable hash of every setting that changes the output (not name/description)."""
+        """Short stable hash of every setting that changes the output (not name/description).
+
+        Without priors the prior keys are left out (hashes as before they existed); with them,
+        the rules count by file name (the file's digest goes into the pipeline's identity)."""
         payload = self.model_dump(mode="json", exclude={"name", "description"})
         payload["engine"].pop("device", None)
         payload["engine"].pop("threads", None)
+        if not self.priors:
+            payload.pop("priors")
+            payload["engine"].pop("prior_iterations")
+        else:
+            for rule in payload["priors"]:
+                rule["file"] = Path(rule["file"]).name
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -302,6 +356,14 @@ def _validate(data: Mapping[str, Any], source: str) -> PipelineConfig:
             else:
                 msgs.append(f"{key!r}: {err['msg']} (got {err.get('input')!r})")
         raise ConfigError(f"{source}: " + "; ".join(msgs)) from None
+
+
+def _resolve_prior_files(data: dict[str, Any], folder: Path) -> None:
+    """Make ``[[priors]]`` file names relative to the pipeline file's folder absolute."""
+    rules = data.get("priors")
+    for rule in rules if isinstance(rules, list) else ():
+        if isinstance(rule, dict) and isinstance(rule.get("file"), str):
+            rule["file"] = str(folder / Path(rule["file"]).expanduser())
 
 
 def pipelines_dir() -> Path:
@@ -348,5 +410,6 @@ def load_pipeline(
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     data.setdefault("name", path.stem)
+    _resolve_prior_files(data, path.parent)
     config = _validate(data, source=str(path))
     return config.with_overrides(overrides) if overrides else config

@@ -43,6 +43,7 @@ DOCS = (
     "docs/batch.rst",
     "docs/operations.rst",
     "docs/gpu.rst",
+    "docs/priors.rst",
 )
 #: pages whose results files must exist (``tissue_crops/x4-v7.jsonl``, ``archive/...``)
 CITING = (*DOCS, "docs/history.rst")

@@ -34,9 +34,10 @@ def _register_front_ends() -> None:
     from dicom_sr.cli.evaluate import evaluate
     from dicom_sr.cli.jobs import jobs
     from dicom_sr.cli.listen import listen
+    from dicom_sr.cli.prior import prior
     from dicom_sr.cli.process import process
 
-    for command in (process, evaluate, listen, batch, jobs, compare):
+    for command in (process, evaluate, listen, batch, jobs, compare, prior):
         main.add_command(command)
 
 

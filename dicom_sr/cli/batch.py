@@ -18,6 +18,7 @@ from dicom_sr.cli.options import (
     setup_logging,
     usable_out,
 )
+from dicom_sr.config import ConfigError
 from dicom_sr.errors import MissingExtra
 
 logger = logging.getLogger("dicom_sr.batch")
@@ -130,6 +131,8 @@ def batch(
             report = run_batch(archive, config, out, options, progress=progress)
     except ConnectionError as exc:
         raise click.BadParameter(str(exc), param_hint="--scheduler") from None
+    except ConfigError as exc:  # a [[priors]] file that is not a usable prior
+        raise click.BadParameter(str(exc), param_hint="--pipeline") from None
     except (MissingExtra, NoGpuWorkers) as exc:  # a set-up problem, not a crash: one line
         raise click.ClickException(str(exc)) from None
     except sqlite3.DatabaseError as exc:  # an unusable job store

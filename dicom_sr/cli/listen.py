@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from dicom_sr.cli.options import engine_options, load_config, output_options
+from dicom_sr.config import ConfigError
 from dicom_sr.logs import route_warnings
 
 
@@ -229,7 +230,10 @@ def listen(
         retention=retention_s,
         log_level=level,
     )
-    node = Node(options, config)
+    try:
+        node = Node(options, config)
+    except ConfigError as exc:  # a [[priors]] file that is not a usable prior
+        raise click.BadParameter(str(exc), param_hint="--pipeline") from None
     try:
         node.start()
     except OSError as exc:

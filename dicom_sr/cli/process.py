@@ -18,7 +18,7 @@ from dicom_sr.cli.options import (
     setup_logging,
     usable_out,
 )
-from dicom_sr.config import PipelineConfig
+from dicom_sr.config import ConfigError, PipelineConfig
 
 __all__ = ["process", "exit_code"]
 
@@ -59,8 +59,12 @@ def process(inputs, out_dir, weights, save_weights, as_json, quiet, verbose, **o
     from dicom_sr.cli.progress import LogProgress, RunProgress
     from dicom_sr.engine import load_weights
     from dicom_sr.engine import save_weights as save
-    from dicom_sr.pipeline import process_inputs
+    from dicom_sr.pipeline import identity_hash, process_inputs
 
+    try:  # the pipeline's scanner priors are read and checked here, before any work
+        identity_hash(config)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--pipeline") from None
     init = None
     if weights:
         try:

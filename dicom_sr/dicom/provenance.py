@@ -47,6 +47,9 @@ class Provenance:
     extra: str = ""
     #: > 0: a re-derivation of a source series that grew; the SeriesDescription says which
     revision: int = 0
+    #: the scanner prior the model was warm-started from (file name, SHA-256 of its weights)
+    prior_file: str = ""
+    prior_digest: str = ""
 
 
 def derived_uid(uid_root: str, *parts: str) -> str:
@@ -107,6 +110,8 @@ def derivation_description(
         f"perceptual loss {p.perceptual or 'off'}",
         f"pipeline {p.pipeline_name} v{p.pipeline_version} config {p.config_hash}",
     ]
+    if p.prior_digest:
+        parts.append(f"prior {p.prior_file} sha256 {p.prior_digest}")
     if compression:
         parts.append(f"output {compression}")
     if p.extra:

@@ -322,6 +322,7 @@ class Node:
                 job.revision,
                 self.upkeep.model_path(job.key),
                 late,
+                job.calling_ae,
             )
             with self._jobs_lock:
                 self._running[job.key] = (future, job, time.monotonic())

@@ -88,6 +88,7 @@ def run_series_job(
     revision: int,
     model_path: str | None = None,
     use_model: bool = False,
+    calling_ae: str = "",
 ) -> dict[str, Any]:
     """In the worker: discover ``paths`` (one series) and run the pipeline on it.
 
@@ -96,7 +97,8 @@ def run_series_job(
     stop, and for a failure ``kind`` (:func:`~dicom_sr.errors.classify`: "permanent" or
     "transient"); never raises. The model trained for the series is saved to ``model_path``;
     with ``use_model`` it is loaded from there instead and nothing is trained (late instances
-    join their series' derived series, upscaled by the same model).
+    join their series' derived series, upscaled by the same model). ``calling_ae``, the AE
+    title that sent the series, can pick its scanner prior (``[[priors]]``).
     """
     global _busy
     _busy = True
@@ -135,6 +137,7 @@ def run_series_job(
             cancel=_cancelled,
             revision=revision,
             model=model,
+            calling_ae=calling_ae,
         )
         out = result.to_dict()
         out["sources"] = [str(r.source) for r in result.instances if r.status != "failed"]
@@ -204,6 +207,7 @@ class WorkerPool:
         revision: int,
         model_path: Path | None = None,
         use_model: bool = False,
+        calling_ae: str = "",
     ) -> Future:
         """Run one series job; the future's result is :func:`run_series_job`'s dict."""
         return self._executor.submit(
@@ -215,6 +219,7 @@ class WorkerPool:
             revision,
             None if model_path is None else str(model_path),
             use_model,
+            calling_ae,
         )
 
     def restart(self) -> None:

@@ -78,6 +78,7 @@ def make_provenance(
     learned = learned_scale(model) if model is not None else scale
     if learned != scale:  # x4 through an x2 model (engine.model_scale)
         method += f" (x{learned} model, then bicubic and back projection to x{scale})"
+    prior = info.get("warm_start_prior") or {}
     return Provenance(
         method=method,
         scale=scale,
@@ -89,6 +90,8 @@ def make_provenance(
         perceptual=str(info.get("perceptual", "n/a")),
         extra="; ".join(t for t in (guard_text(guard), _blend_text(config, model, guard)) if t),
         revision=revision,
+        prior_file=str(prior.get("file", "")),
+        prior_digest=str(prior.get("digest", "")),
     )
 
 
@@ -132,9 +135,11 @@ def train_series(
     init: TrainedModel | None = None,
     progress: ProgressCallback | None = None,
     cache: FrameCache | None = None,
+    iterations: int | None = None,
 ) -> TrainedModel:
     """Train the engine once for the whole series (the cine default: train once, reuse).
 
+    ``iterations`` replaces the budget (a warm start from a scanner prior).
     Fathers are drawn from the tissue regions of frames spread over the series, decoded
     through `cache` when given (see :func:`~dicom_sr.dicom.frames.open_frames`). Methods that
     do not learn return at once. A series with too little tissue to learn from gets ``ibp``,
@@ -163,6 +168,8 @@ def train_series(
         return model
     # one frame: the single-image budget; several: the cine budget (train once, reuse)
     budget = eng.iterations if n == 1 else round(eng.cine_budget * eng.iterations)
+    if iterations is not None:
+        budget = iterations
     return fit(crops, eng, init=init, iterations=budget, progress=report)
 
 

@@ -105,6 +105,9 @@ class SeriesResult:
             "already_done": [str(r.output) for r in self.instances if r.status == "done"],
             "failed": [{"path": str(r.source), "reason": r.reason} for r in self.failed],
             "guard": dict(self.guard),
+            "prior": dict((self.model.info or {}).get("warm_start_prior") or {})
+            if self.model is not None
+            else {},
             "train_seconds": round(self.train_seconds, 2),
             "seconds": round(self.seconds, 2),
         }

@@ -45,8 +45,8 @@ from dicom_sr.pipeline.frames import (
     make_provenance,
     short_uid,
     super_resolve_frame,
-    train_series,
 )
+from dicom_sr.pipeline.prior import priors_identity, train_with_prior
 from dicom_sr.pipeline.results import (
     CancelCheck,
     InstanceResult,
@@ -63,9 +63,14 @@ logger = logging.getLogger(__name__)
 
 
 def identity_hash(config: PipelineConfig) -> str:
-    """Hash of everything that decides the output pixels: the configuration and what the
-    engine resolves at run time (perceptual source and VGG19 digest, device kind)."""
-    payload = {"config": config.hash(), "engine": pixel_identity(config.engine)}
+    """Hash of everything that decides the output pixels: the configuration, what the
+    engine resolves at run time (perceptual source and VGG19 digest, device kind) and the
+    weights digests of the pipeline's scanner priors (:class:`ConfigError` naming a prior file
+    that is missing, not a prior, or for another scale)."""
+    payload: dict[str, Any] = {"config": config.hash(), "engine": pixel_identity(config.engine)}
+    priors = priors_identity(config)
+    if priors:  # absent without priors: the identities of before priors existed still hold
+        payload["priors"] = priors
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -154,6 +159,11 @@ def _manifest_entry(
         "sop_uid": target.sop_uid,
         "series_uid": derived_series,
         "config_hash": provenance.config_hash,
+        **(
+            {"prior": provenance.prior_file, "prior_digest": provenance.prior_digest}
+            if provenance.prior_digest
+            else {}
+        ),
         "pipeline": config.name,
         "method": config.engine.method,
         "scale": config.engine.scale,
@@ -170,6 +180,7 @@ def process_series(
     cancel: CancelCheck | None = None,
     revision: int = 0,
     model: TrainedModel | None = None,
+    calling_ae: str = "",
 ) -> SeriesResult:
     """Super-resolve every frame of one series and write its derived series under ``out_dir``.
 
@@ -182,7 +193,8 @@ def process_series(
     series of the same source (its own UIDs). ``model``: upscale with this model as it is,
     no training (a node's late instances join their derived series with the model saved for
     it). A lock per derived series keeps two runs on one ``out_dir`` from computing the same
-    series at once.
+    series at once. Without ``init`` or ``model``, a series that a ``[[priors]]`` rule matches
+    (its equipment, or ``calling_ae``: the AE title that sent it) warm-starts from that prior.
     """
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
@@ -225,7 +237,7 @@ def process_series(
                 with FrameCache(spool_dir=out_dir) as cache:
                     _derive_series(
                         series, todo, result, config, out_dir, init, on_train, emit,
-                        check_cancel, cache, revision, model,
+                        check_cancel, cache, revision, model, calling_ae,
                     )  # fmt: skip
     except Cancelled:
         raise
@@ -303,14 +315,15 @@ def _derive_series(
     cache: FrameCache | None = None,
     revision: int = 0,
     model: TrainedModel | None = None,
+    calling_ae: str = "",
 ) -> None:
     """Train once for the series (unless ``model`` is given), then write each pending instance;
     failures go in ``result``. Frames decoded for training are kept in `cache` for the write,
     their last use."""
     t_train = time.perf_counter()
     try:
-        result.model = model or train_series(
-            series, config, init=init, progress=on_train, cache=cache
+        result.model = model or train_with_prior(
+            series, config, init=init, calling_ae=calling_ae, progress=on_train, cache=cache
         )
         result.train_seconds = time.perf_counter() - t_train
         result.guard = dict(result.model.info.get("guard") or {})
