@@ -1,11 +1,12 @@
 """Tissue-crop results of two runs side by side: gains over ``ibp`` per crop and blend rule.
 
 Reads the JSONL files of ``tissue_crops.py``: ``--before`` (a previous default, its shipped
-output) and ``--after`` (a run with ``--engine model_weight=pairs``, whose rows carry the
-model alone, the fixed blends ``w=0.75``, ``w=0.5`` and the per-series weight of the guard's
-held-aside pairs). Prints, per scale, every crop's gain for each rule and the means and the
-worst, as text or as a reST list-table (``--rst``) for the docs. Rows are matched on crop,
-set and scale; the last row of each wins (a file may hold a rerun).
+output) and ``--after`` (a run whose rows carry the model alone, the fixed blends ``w=0.75``
+and ``w=0.5``, its own shipped output with the weight it used, and the guard's decision; with
+``--engine model_weight=pairs``, the per-series weight of the guard's pairs). Prints, per
+scale, every crop's gain for each rule and the means and the worst, as text or as a reST
+list-table (``--rst``) for the docs. Rows are matched on crop, set and scale; the last row of
+each wins (a file may hold a rerun).
 
 Usage::
 
@@ -19,8 +20,9 @@ import argparse
 import json
 from pathlib import Path
 
-#: (column title, key in the ``--after`` rows)
-RULES = [("alone", "alone"), ("w=0.5", "w=0.5"), ("w=0.75", "w=0.75"), ("pairs", "shipped")]
+#: (column title, key in the ``--after`` rows); "shipped" is the after run's own output (with
+#: ``model_weight=pairs``, the per-series weight of the guard's pairs)
+RULES = [("alone", "alone"), ("w=0.5", "w=0.5"), ("w=0.75", "w=0.75"), ("shipped", "shipped")]
 
 
 def rows(paths: list[Path]) -> dict[tuple[str, str, int], dict]:
@@ -44,11 +46,12 @@ def table(before: dict, after: dict, sets: set[str], scale: int) -> list[list[st
         for name, field in RULES:
             cols[name].append(a[field])
         weight = f"{a['weight']:g}" if a.get("weight") is not None else "-"
+        guard = a.get("decision") if a.get("guard_gain") is not None else "not judged"
         cells = [key[0], _short(key[1]), "x".join(map(str, a["hw"]))]
         cells += [_db(cols[n][-1]) for n in cols]
-        lines.append([*cells, weight, str(a.get("iterations")), f"{a['seconds']:.0f}"])
+        lines.append([*cells, weight, guard, str(a.get("iterations")), f"{a['seconds']:.0f}"])
     for label, fn in (("mean", _mean), ("worst", _worst)):
-        lines.append(["", label, "", *(_db(fn(v)) for v in cols.values()), "", "", ""])
+        lines.append(["", label, "", *(_db(fn(v)) for v in cols.values()), "", "", "", ""])
     return lines
 
 
@@ -71,8 +74,8 @@ def _worst(v: list) -> float | None:
     return min(v) if v else None
 
 
-HEADER = ["set", "crop", "size", "before", "alone", "w=0.5", "w=0.75", "pairs", "pairs w",
-          "iterations", "s"]  # fmt: skip
+HEADER = ["set", "crop", "size", "before", "alone", "w=0.5", "w=0.75", "shipped", "weight",
+          "guard", "iterations", "s"]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,7 @@ from dicom_sr.compare import build_compare
 from dicom_sr.compare.frames import calibration, region_mask
 from dicom_sr.compare.provenance import parse_description, provenance_rows
 from dicom_sr.config import PipelineConfig
+from dicom_sr.engine.infer import model_weight
 from dicom_sr.errors import InputError
 from dicom_sr.pipeline import process_inputs
 from dicom_sr.pipeline.frames import guard_text
@@ -128,7 +129,8 @@ def test_description_parse_reads_the_guard_and_its_scores():
     ds.DerivationDescription = text.replace("0123456789abcdef", cfg.hash()).replace(
         guard_text(guard), guard_text({**guard, "decision": "model"})
     )
-    assert provenance_rows(ds, {cfg.hash(): cfg})["blend weight"] == "0.5 model + 0.5 ibp"
+    w = model_weight(cfg.engine)
+    assert provenance_rows(ds, {cfg.hash(): cfg})["blend weight"] == f"{w:g} model + {1 - w:g} ibp"
     # a header that records the weight is read as it says, whatever the configuration
     ds.DerivationDescription += "; model weight 0.7 (rest ibp)"
     assert provenance_rows(ds, {})["blend weight"] == "0.7 model + 0.3 ibp"
