@@ -246,7 +246,7 @@ def _fit_learned(name: str) -> Callable[..., TrainedModel]:
             strips=held.strips if held is not None else None,
             held_pairs=pairs,
         )
-        state = {k: v.detach().to("cpu").clone() for k, v in res.generator_state.items()}
+        state = res.generator_state  # train() returns detached CPU copies
         if held is None:
             verdict = guard_skipped("guard off (engine.guard)")
         else:
@@ -288,8 +288,7 @@ def _refit(
         lr=first.final_lr,
         device=device,
     )
-    state = {k: v.detach().to("cpu").clone() for k, v in res.generator_state.items()}
-    return state, {"iterations": int(res.iterations), "seconds": float(res.seconds)}
+    return res.generator_state, {"iterations": int(res.iterations), "seconds": float(res.seconds)}
 
 
 def _generator(scale: int, state: dict[str, torch.Tensor]) -> torch.nn.Module:
