@@ -21,6 +21,11 @@ as a multiple of its time, in the same run.
 (its source tree first on the child's ``PYTHONPATH``), for the code and defaults of an earlier
 commit rather than only its settings.
 
+``--seeds N`` repeats every learned run with ``engine.seed`` 0 to N-1 (``new@s1`` and so on;
+``src`` seeds edit the checkout's own default file) and reports, per run, the mean PSNR and
+time over the seeds: one draw's PSNR moves by about a tenth of a dB with the seed, as much as
+the differences being judged.
+
 ``--regions`` keeps the scanner's Sequence of Ultrasound Regions in the LR cine (coordinates
 halved, physical spacing doubled), as a real scanner file has it: ``process`` then runs the
 model inside the tissue region only and pixel-replicates the menu bar and the text around it,
@@ -31,6 +36,8 @@ Usage::
 
     python benchmarks/cine_process.py --regions --runs new --out regions-v7.json
     python benchmarks/cine_process.py --frames 24 --tissue --runs new,ibp --out tissue24.json
+    python benchmarks/cine_process.py --frames 24 --tissue --runs ibp,new,src --src ../v7 \
+        --seeds 3 --out tissue24-seeds.json
 """
 
 from __future__ import annotations
@@ -123,9 +130,11 @@ def write_lr_cine(hr: list[np.ndarray], path: Path, regions: bool = False) -> No
     ds.save_as(path, enforce_file_format=True)
 
 
-def pipeline_file(folder: Path, name: str, settings: dict[str, str]) -> Path:
-    """bmode-default.toml with engine keys replaced or added."""
-    text = DEFAULT.read_text()
+def pipeline_file(
+    folder: Path, name: str, settings: dict[str, str], default: Path = DEFAULT
+) -> Path:
+    """``default`` (bmode-default.toml) with engine keys replaced or added."""
+    text = default.read_text()
     for key, value in settings.items():
         line = f"{key} = {value}"
         text, n = re.subn(rf"(?m)^{key} = \S+", line, text)
@@ -157,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--regions", action="store_true", help="keep the scanner's regions")
     ap.add_argument("--tissue", action="store_true", help="keep the first region only")
     ap.add_argument("--src", type=Path, default=None, help="another checkout: run 'src'")
+    ap.add_argument("--seeds", type=int, default=1, help="seeds per learned run (0..N-1)")
     ap.add_argument("--out", default=None, help="JSON file (a bare name goes to results/)")
     args = ap.parse_args(argv)
     if sum(map(bool, (args.regions, args.crop, args.tissue))) > 1:
@@ -173,23 +183,37 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.extra:
         name, _, pairs = spec.partition(":")
         settings[name] = dict(p.split("=", 1) for p in pairs.split(","))
-    result = {"frames": len(hr), "crop": args.crop, "runs": {}}
+    runs_asked = args.runs.split(",")
+    names = []
+    for name in runs_asked:
+        names.append(name)
+        if name != "ibp":
+            for seed in range(1, args.seeds):
+                names.append(f"{name}@s{seed}")
+                base = dict(settings.get(name, {}))
+                settings[f"{name}@s{seed}"] = {**base, "seed": str(seed)}
+    result = {"frames": len(hr), "crop": args.crop, "seeds": args.seeds, "runs": {}}
     if box:
         result["region"] = [box[0].start, box[0].stop, box[1].start, box[1].stop]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         write_lr_cine(hr, work / "lr" / "cine.dcm", regions=args.regions)
-        for name in args.runs.split(","):
-            out = work / f"out-{name}"
+        for name in names:
+            out = work / f"out-{name.replace('@', '-')}"
             cmd = [sys.executable, "-c", CLI, "process", str(work / "lr"), "--out", str(out),
                    "--json", "-q"]  # fmt: skip
             env, cwd = dict(os.environ), ROOT
-            if name == "src":
+            if name.split("@")[0] == "src":
                 if args.src is None:
                     ap.error("run 'src' needs --src")
                 cwd = args.src.resolve()
                 env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(cwd), env.get("PYTHONPATH")]))
-                settings["src"] = {"checkout": str(cwd)}
+                if name == "src":
+                    settings["src"] = {"checkout": str(cwd)}
+                else:
+                    own = cwd / "pipelines" / "bmode-default.toml"
+                    cmd += ["--pipeline", str(pipeline_file(work, name, settings[name], own))]
+                    settings[name] = {**settings[name], "checkout": str(cwd)}
             else:
                 cmd += ["--pipeline", str(pipeline_file(work, name, settings[name]))]
             t0 = time.perf_counter()
@@ -206,6 +230,21 @@ def main(argv: list[str] | None = None) -> int:
             keys = ("seconds", "psnr", "psnr_region")
             print(json.dumps({name: {k: row[k] for k in keys if k in row}}), flush=True)
     runs = result["runs"]
+    if args.seeds > 1:  # every learned run becomes its mean over the seeds
+        result["draws"] = runs
+        runs = {}
+        for name in runs_asked:
+            group = [r for n, r in result["draws"].items() if n.split("@")[0] == name]
+            runs[name] = {"seconds": round(float(np.mean([r["seconds"] for r in group])), 1),
+                          "psnr": round(float(np.mean([r["psnr"] for r in group])), 4),
+                          "psnr_sd": round(float(np.std([r["psnr"] for r in group], ddof=1)), 4)
+                          if len(group) > 1 else 0.0}  # fmt: skip
+            if box:
+                runs[name]["psnr_region"] = round(
+                    float(np.mean([r["psnr_region"] for r in group])), 4
+                )
+        result["runs"] = runs
+        print(json.dumps({"means": runs}))
     if "ibp" in runs:
         anchor = runs["ibp"]["seconds"]
         result["times_ibp"] = {k: round(r["seconds"] / anchor, 2) for k, r in runs.items()}
