@@ -14,9 +14,8 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -34,8 +33,16 @@ from dicom_sr.engine.infer import (
     precision,
     self_ensemble,
 )
+from dicom_sr.engine.model import (
+    WEIGHTS_FORMAT,
+    WEIGHTS_VERSION,
+    TrainedModel,
+    build_generator,
+    plain,
+    read_weights,
+    save_weights,
+)
 from dicom_sr.engine.resize import upscale_bicubic
-from dicom_sr.fsio import atomic_write
 
 __all__ = [
     "TrainedModel",
@@ -60,45 +67,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
-
-#: Marker and version of the files written by :func:`save_weights`.
-WEIGHTS_FORMAT = "dicom-sr-weights"
-WEIGHTS_VERSION = 1
-
-
-@dataclass
-class TrainedModel:
-    """What :func:`fit` returns and :func:`upscale` uses.
-
-    ``generator_state`` is the state dict of ``Generator(info["model_scale"])`` (on the CPU;
-    ``scale`` when absent), or None for the methods that learn nothing. ``info`` holds plain
-    values: iterations, final_lr, seconds, perceptual, history, warm_start, model_scale.
-    """
-
-    method: str
-    scale: int
-    generator_state: dict[str, torch.Tensor] | None
-    info: dict[str, Any] = field(default_factory=dict)
-    #: generators built from ``generator_state``, per (scale, device): built once, reused by
-    #: every frame of a series (not saved, not compared)
-    _nets: dict[tuple[int, str], torch.nn.Module] = field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
-
-    def __getstate__(self) -> dict[str, Any]:  # a pickled model leaves its device copies
-        state = dict(self.__dict__)
-        state["_nets"] = {}
-        return state
-
-    def generator(self, scale: int, device: torch.device) -> torch.nn.Module:
-        """The generator (eval mode) on ``device``, built on the first call and kept."""
-        key = (scale, str(device))
-        if key not in self._nets:
-            if self.generator_state is None:
-                raise ValueError(f"a {self.method!r} model has no generator weights")
-            self._nets.clear()  # one device at a time: do not hold a copy on each
-            self._nets[key] = _generator(scale, self.generator_state).to(device)
-        return self._nets[key]
 
 
 def pixel_identity(config: EngineConfig) -> dict[str, str]:
@@ -159,23 +127,6 @@ def _as_frame(frame: np.ndarray) -> torch.Tensor:
 
 def _to_numpy(x: torch.Tensor) -> np.ndarray:
     return x[0, 0].clamp(0.0, 1.0).to("cpu", torch.float32).numpy()
-
-
-def _plain(value: Any) -> Any:
-    """Python scalars/lists/dicts only, so ``info`` survives ``torch.load(weights_only=True)``."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return value.item() if value.numel() == 1 else value.tolist()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return str(value)  # e.g. a Path: weights_only loading accepts plain types only
 
 
 @dataclass(frozen=True)
@@ -250,13 +201,13 @@ def _fit_learned(name: str) -> Callable[..., TrainedModel]:
         if held is None:
             verdict = guard_skipped("guard off (engine.guard)")
         else:
-            verdict = judge(_generator(config.scale, state), held, config, device)
+            verdict = judge(build_generator(config.scale, state), held, config, device)
         info = {
             "iterations": int(res.iterations),
             "final_lr": float(res.final_lr),
             "seconds": float(res.seconds),
             "perceptual": str(res.perceptual),
-            "history": _plain(res.history),
+            "history": plain(res.history),
             "warm_start": init is not None,
             "frames": len(frames),
             "guard": verdict,
@@ -289,14 +240,6 @@ def _refit(
         device=device,
     )
     return res.generator_state, {"iterations": int(res.iterations), "seconds": float(res.seconds)}
-
-
-def _generator(scale: int, state: dict[str, torch.Tensor]) -> torch.nn.Module:
-    from dicom_sr.engine.nets import Generator
-
-    G = Generator(scale)
-    G.load_state_dict(state)
-    return G.eval()
 
 
 def guard_decision(model: TrainedModel) -> str:
@@ -438,50 +381,17 @@ def fit_cine(
     )
 
 
-def save_weights(model: TrainedModel, path: str | os.PathLike[str]) -> None:
-    """Write ``model`` to ``path`` (``torch.save`` of plain data; atomic replace)."""
-    path = Path(path)
-    payload = {
-        "format": WEIGHTS_FORMAT,
-        "version": WEIGHTS_VERSION,
-        "method": model.method,
-        "scale": int(model.scale),
-        "state": model.generator_state,
-        "info": _plain(model.info),
-    }
-    atomic_write(path, lambda fh: torch.save(payload, fh))
-
-
 def load_weights(path: str | os.PathLike[str], *, scale: int | None = None) -> TrainedModel:
     """Read a model written by :func:`save_weights` (safely: ``weights_only=True``).
 
     Raises ValueError naming the file when it is not a dicom-sr weights file, has a newer
     format version, names an unknown method, or (with ``scale``) is for another scale.
     """
-    path = Path(path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:
+    model = read_weights(path, scale=scale)
+    if model.method not in METHODS:
         raise ValueError(
-            f"{path}: not a dicom-sr weights file ({exc.__class__.__name__})"
-        ) from None
-    if not isinstance(payload, dict) or payload.get("format") != WEIGHTS_FORMAT:
-        raise ValueError(f"{path}: not a dicom-sr weights file (no {WEIGHTS_FORMAT!r} marker)")
-    version = payload.get("version")
-    if not isinstance(version, int) or version > WEIGHTS_VERSION:
-        raise ValueError(
-            f"{path}: weights format version {version!r}; this dicom-sr reads up to "
-            f"{WEIGHTS_VERSION}"
+            f"{path}: unknown method {model.method!r} (expected one of {sorted(METHODS)})"
         )
-    method = payload.get("method")
-    if method not in METHODS:
-        raise ValueError(f"{path}: unknown method {method!r} (expected one of {sorted(METHODS)})")
-    file_scale = payload.get("scale")
-    if scale is not None and file_scale != scale:
-        raise ValueError(f"{path}: weights are for x{file_scale}, x{scale} was asked for")
-    state = payload.get("state")
-    if METHODS[method].learned and not isinstance(state, dict):
-        raise ValueError(f"{path}: a {method!r} weights file without generator weights")
-    return TrainedModel(method, int(file_scale), state, dict(payload.get("info") or {}))
+    if METHODS[model.method].learned and not isinstance(model.generator_state, dict):
+        raise ValueError(f"{path}: a {model.method!r} weights file without generator weights")
+    return model
