@@ -518,6 +518,40 @@ def test_tasks_that_need_a_gpu_no_worker_offers_end_with_an_error(cluster):
             pass
 
 
+def _key_cache_size() -> int:
+    from dask.utils import key_split
+
+    return key_split.cache_info().currsize
+
+
+def _submitted_collections(dask_scheduler) -> int:
+    spans = dask_scheduler.extensions["spans"].spans.values()
+    return sum(len((span._metadata or {}).get("collections", [])) for span in spans)
+
+
+def test_dask_per_task_state_is_trimmed_here_on_the_scheduler_and_on_the_workers(cluster):
+    """Dask keeps per task, after the task is gone, a memoized key group (``key_split``, up
+    to 100,000 keys per process) and a record in the scheduler's default span. Every series
+    is a task with a key of its own: the client drops both, so that a long batch does not
+    grow with them."""
+    from dask.utils import key_split
+
+    from dicom_sr.batch.cluster import trim_dask_state
+
+    with distributed.Client(cluster) as client:
+        for i in range(30):
+            client.submit(str, i, key=f"dicom-sr-series-k{i}-1-{i}").result()
+        client.run(key_split, "dicom-sr-series-on-a-worker-1")
+        key_split("dicom-sr-series-here-1")
+        assert min(client.run(_key_cache_size).values()) >= 1
+        assert client.run_on_scheduler(_key_cache_size) >= 1 and _key_cache_size() >= 1
+        assert client.run_on_scheduler(_submitted_collections) >= 30
+        trim_dask_state(client)
+        assert set(client.run(_key_cache_size).values()) == {0}
+        assert client.run_on_scheduler(_key_cache_size) == 0 and _key_cache_size() == 0
+        assert client.run_on_scheduler(_submitted_collections) == 0
+
+
 def test_embedded_gpu_workers_each_see_their_own_gpu():
     """--gpus-per-worker: each worker process gets its own CUDA_VISIBLE_DEVICES and the
     resource GPU (the variable is set whether or not this machine has the devices)."""

@@ -18,18 +18,32 @@ from typing import Any
 
 from dicom_sr.errors import DicomSrError, MissingExtra
 
-__all__ = ["ClusterSpec", "open_client", "NoGpuWorkers", "gpu_count", "LOG_LIMITS"]
+__all__ = [
+    "ClusterSpec",
+    "open_client",
+    "NoGpuWorkers",
+    "gpu_count",
+    "LOG_LIMITS",
+    "TRIM_EVERY",
+    "trim_dask_state",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Dask's in-memory logs, cut for a client that submits a task per series. Its defaults keep
 #: the last 1,000 batches of messages of every comm (each holding the tasks it carried), 1,000
-#: transitions and 10,000 log records: the client (and the embedded scheduler, which lives in
-#: it) then grew with the number of series until those filled (benchmarks/batch_archive.py).
+#: transitions, 10,000 log records and an hour of system-monitor samples: the client (and the
+#: embedded scheduler, which lives in it) then grew with the number of series until those
+#: filled (benchmarks/batch_archive.py).
 LOG_LIMITS = {
     "distributed.admin.low-level-log-length": 100,
     "distributed.admin.log-length": 1000,
+    "distributed.admin.system-monitor.log-length": 600,
 }
+
+
+#: Finished tasks between two trims of what Dask keeps per task (:func:`trim_dask_state`).
+TRIM_EVERY = 2000
 
 
 class NoGpuWorkers(DicomSrError, RuntimeError):
@@ -161,6 +175,49 @@ def _wait_for_gpu_workers(client, timeout: float) -> None:
                 " --resources GPU=1, or use --gpus-per-worker / --device cpu)"
             )
         time.sleep(0.5)
+
+
+def trim_dask_state(client) -> None:
+    """Drop what Dask keeps for every task after the task is gone, here (with the embedded
+    scheduler), on the scheduler and on the workers.
+
+    Two things grow with the number of tasks, one per series (found with tracemalloc on
+    benchmarks/batch_archive.py's client after :data:`LOG_LIMITS`):
+
+    - ``dask.utils.key_split`` memoizes the group of every task key in an LRU cache of
+      100,000 keys, in every process;
+    - the scheduler's default span appends a ``{"type": "Future"}`` record to its metadata
+      for every ``Client.submit`` and never drops it (spans live as long as the scheduler).
+
+    Emptying the cache costs one recomputation of a key's prefix; the span's list of
+    collections is only shown on the dashboard. A process that cannot be reached, or a
+    scheduler without dicom-sr installed, keeps its state, and the batch goes on.
+    """
+    from dask.utils import key_split
+
+    key_split.cache_clear()
+    try:  # (the bound method pickles by reference to dask.utils: no dicom-sr needed there)
+        client.run(key_split.cache_clear)
+        client.run_on_scheduler(_trim_scheduler)
+    except Exception as exc:  # noqa: BLE001 - housekeeping; the batch goes on
+        logger.debug("could not trim Dask's per-task state: %s", exc)
+
+
+def _trim_scheduler(dask_scheduler) -> int:
+    """On the scheduler: empty the key cache and the spans' lists of submitted collections;
+    return how many records were dropped."""
+    from dask.utils import key_split
+
+    key_split.cache_clear()
+    dropped = 0
+    spans = getattr(dask_scheduler, "extensions", {}).get("spans")
+    for span in getattr(spans, "spans", {}).values():
+        metadata = getattr(span, "_metadata", None) or {}
+        collections = metadata.get("collections")
+        if isinstance(collections, list):
+            dropped += len(collections)
+            collections.clear()
+    return dropped
 
 
 def worker_slots(client) -> int:

@@ -21,7 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dicom_sr.batch.cluster import ClusterSpec, dashboard, open_client, worker_slots
+from dicom_sr.batch.cluster import (
+    TRIM_EVERY,
+    ClusterSpec,
+    dashboard,
+    open_client,
+    trim_dask_state,
+    worker_slots,
+)
 from dicom_sr.batch.ledger import LEASE_SECONDS, Ledger, Outcome, Todo
 from dicom_sr.batch.plan import Plan, plan_archive
 from dicom_sr.batch.report import LISTED, failures, write_report
@@ -208,6 +215,7 @@ class _Feed:
         """Keep at most a few tasks per worker in flight until ``todo`` is exhausted."""
         last_tick = last_renew = time.monotonic()
         slots = IN_FLIGHT_PER_WORKER * worker_slots(self.client)
+        since_trim = 0
         while True:
             self._refill(todo, slots, stats)
             if not self.in_flight:
@@ -217,6 +225,10 @@ class _Feed:
                 time.sleep(POLL_SECONDS)
             outcomes = [self._outcome(f, max_attempts, stats) for f in finished]
             self.ledger.record([o for o in outcomes if o is not None])
+            since_trim += len(finished)
+            if since_trim >= TRIM_EVERY:
+                trim_dask_state(self.client)
+                since_trim = 0
             now = time.monotonic()
             if now - last_renew > self.ledger.lease_seconds / 10:
                 self.ledger.renew()
