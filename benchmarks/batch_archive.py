@@ -35,14 +35,15 @@ OVERRIDES = {"engine.method": "bicubic", "engine.threads": 1}
 
 
 def generate(folder: Path, series: int) -> None:
-    """Write the synthetic archive (skipped when ``folder.complete`` says it is there): one
+    """Write the synthetic archive (skipped when ``folder.complete`` says it is there and the
+    folder is): one
     template written by pydicom, copied with its UIDs (fixed width) and pixels replaced."""
     import io
 
     import numpy as np
 
     done = folder.with_name(folder.name + ".complete")
-    if done.exists() and done.read_text() == str(series):
+    if done.exists() and done.read_text() == str(series) and folder.is_dir():
         return
     t0 = time.perf_counter()
     root = "1.2.826.0.1.3680043.8.498.78."
