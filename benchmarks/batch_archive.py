@@ -36,8 +36,8 @@ OVERRIDES = {"engine.method": "bicubic", "engine.threads": 1}
 
 def generate(folder: Path, series: int) -> None:
     """Write the synthetic archive (skipped when ``folder.complete`` says it is there and the
-    folder is): one
-    template written by pydicom, copied with its UIDs (fixed width) and pixels replaced."""
+    folder is): one template written by pydicom, copied with its UIDs (fixed width) and pixels
+    replaced."""
     import io
 
     import numpy as np
