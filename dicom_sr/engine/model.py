@@ -64,6 +64,7 @@ class TrainedModel:
 
 
 def build_generator(scale: int, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """A ``Generator(scale)`` with ``state`` loaded, in eval mode (on the CPU)."""
     from dicom_sr.engine.nets import Generator
 
     G = Generator(scale)
@@ -130,7 +131,9 @@ def read_weights(path: str | os.PathLike[str], *, scale: int | None = None) -> T
     if not isinstance(method, str):
         raise ValueError(f"{path}: no method named in the weights file")
     file_scale = payload.get("scale")
+    if not isinstance(file_scale, int):
+        raise ValueError(f"{path}: no scale in the weights file")
     if scale is not None and file_scale != scale:
         raise ValueError(f"{path}: weights are for x{file_scale}, x{scale} was asked for")
     state = payload.get("state")
-    return TrainedModel(method, int(file_scale), state, dict(payload.get("info") or {}))
+    return TrainedModel(method, file_scale, state, dict(payload.get("info") or {}))
