@@ -43,7 +43,7 @@ _NEXT: dict[str, frozenset[str]] = {
     "forwarded": frozenset(),
 }
 
-#: The columns of the ``jobs`` table (``store._SCHEMA``), in the order of the :class:`Job` fields:
+#: The columns of the ``jobs`` table (``schema.SCHEMA``), in the order of the :class:`Job` fields:
 #: every ``SELECT`` of the store reads these, and :meth:`Job._from_row` maps them back.
 _COLUMNS = (
     "key, kind, state, study_uid, source_series_uid, config_hash, revision, paths, frames, "

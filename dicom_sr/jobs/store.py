@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dicom_sr.jobs.model import _COLUMNS, _NEXT, STATES, Job, Kind, State, _check_state
+from dicom_sr.jobs.schema import ADDED, SCHEMA, Transaction, use_wal
 from dicom_sr.jobs.verbs import OperatorVerbs
 
 __all__ = ["STORE_NAME", "JobStore"]
@@ -25,50 +26,6 @@ __all__ = ["STORE_NAME", "JobStore"]
 logger = logging.getLogger(__name__)
 
 STORE_NAME = "jobs.sqlite3"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    key TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    state TEXT NOT NULL,
-    study_uid TEXT NOT NULL DEFAULT '',
-    source_series_uid TEXT NOT NULL DEFAULT '',
-    config_hash TEXT NOT NULL DEFAULT '',
-    revision INTEGER NOT NULL DEFAULT 0,
-    paths TEXT NOT NULL DEFAULT '[]',
-    frames INTEGER NOT NULL DEFAULT 0,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    error TEXT NOT NULL DEFAULT '',
-    lease_owner TEXT,
-    lease_expires REAL,
-    created REAL NOT NULL,
-    updated REAL NOT NULL,
-    result TEXT,
-    forward_attempts INTEGER NOT NULL DEFAULT 0,
-    forward_error TEXT NOT NULL DEFAULT '',
-    next_forward_at REAL
-);
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, kind);
-CREATE TABLE IF NOT EXISTS forwards (
-    key TEXT NOT NULL,
-    destination TEXT NOT NULL,
-    state TEXT NOT NULL DEFAULT 'pending',
-    sent TEXT NOT NULL DEFAULT '[]',
-    attempts INTEGER NOT NULL DEFAULT 0,
-    error TEXT NOT NULL DEFAULT '',
-    next_at REAL,
-    created REAL NOT NULL,
-    updated REAL NOT NULL,
-    PRIMARY KEY (key, destination)
-);
-"""
-
-#: Columns added after the first release: (name, declaration), added to older stores on open.
-_ADDED = (
-    ("calling_ae", "TEXT NOT NULL DEFAULT ''"),
-    ("not_before", "REAL"),
-    ("purged", "REAL"),
-)
 
 
 class JobStore(OperatorVerbs):
@@ -93,14 +50,15 @@ class JobStore(OperatorVerbs):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.timeout = timeout
         self._local = threading.local()
-        self.connect().executescript(_SCHEMA)  # idempotent; its own transaction
+        self.connect().executescript(SCHEMA)  # idempotent; its own transaction
         self._migrate()
 
     def _migrate(self) -> None:
-        """Add the columns of :data:`_ADDED` that an older store lacks (one transaction)."""
+        """Add the columns of :data:`~dicom_sr.jobs.schema.ADDED` that an older store lacks
+        (one transaction)."""
         with self.transaction() as db:
             have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
-            for name, decl in _ADDED:
+            for name, decl in ADDED:
                 if name not in have:
                     db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {decl}")
 
@@ -113,7 +71,7 @@ class JobStore(OperatorVerbs):
             return db
         db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
         db.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
-        _use_wal(db, self.timeout)
+        use_wal(db, self.timeout)
         db.execute("PRAGMA synchronous = FULL")
         self._local.db, self._local.pid = db, os.getpid()
         return db
@@ -125,9 +83,9 @@ class JobStore(OperatorVerbs):
             db.close()
         self._local.db = None
 
-    def transaction(self) -> _Transaction:
+    def transaction(self) -> Transaction:
         """``with store.transaction() as db:`` one ``BEGIN IMMEDIATE`` ... ``COMMIT``."""
-        return _Transaction(self.connect())
+        return Transaction(self.connect())
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -409,39 +367,3 @@ class JobStore(OperatorVerbs):
                     for key in keys:
                         n += db.execute(sql + " AND key = ?", (now, kind, key)).rowcount
         return n
-
-
-def _use_wal(db: sqlite3.Connection, timeout: float) -> None:
-    """Switch ``db`` to WAL, retrying: SQLite runs no busy handler for this one pragma.
-
-    WAL is a property of the file, so only the first open of a fresh store converts it; two
-    processes opening a fresh store at once would otherwise see "database is locked" at once.
-    """
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    while True:
-        try:
-            if db.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
-                return
-            db.execute("PRAGMA journal_mode = WAL")
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
-                raise
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(delay)
-        delay = min(delay * 2, 0.2)
-
-
-class _Transaction:
-    """``BEGIN IMMEDIATE`` on enter, ``COMMIT`` (or ``ROLLBACK`` on an exception) on exit."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.db.execute("BEGIN IMMEDIATE")
-        return self.db
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
