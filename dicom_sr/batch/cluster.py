@@ -190,25 +190,28 @@ def trim_dask_state(client) -> None:
       for every ``Client.submit`` and never drops it (spans live as long as the scheduler).
 
     Emptying the cache costs one recomputation of a key's prefix; the span's list of
-    collections is only shown on the dashboard. A process that cannot be reached, or a
-    scheduler without dicom-sr installed, keeps its state, and the batch goes on.
+    collections is only shown on the dashboard. A process that cannot be reached keeps its
+    state, and the batch goes on; a scheduler without dicom-sr installed keeps its span
+    records.
     """
     from dask.utils import key_split
 
     key_split.cache_clear()
-    try:  # (the bound method pickles by reference to dask.utils: no dicom-sr needed there)
-        client.run(key_split.cache_clear)
-        client.run_on_scheduler(_trim_scheduler)
-    except Exception as exc:  # noqa: BLE001 - housekeeping; the batch goes on
-        logger.debug("could not trim Dask's per-task state: %s", exc)
+    # (the bound method pickles by reference to dask.utils: no dicom-sr needed over there)
+    for call, func in (
+        (client.run, key_split.cache_clear),
+        (client.run_on_scheduler, key_split.cache_clear),
+        (client.run_on_scheduler, _trim_spans),
+    ):
+        try:
+            call(func)
+        except Exception as exc:  # noqa: BLE001 - housekeeping; the batch goes on
+            logger.debug("could not trim Dask's per-task state (%s): %s", call.__name__, exc)
 
 
-def _trim_scheduler(dask_scheduler) -> int:
-    """On the scheduler: empty the key cache and the spans' lists of submitted collections;
-    return how many records were dropped."""
-    from dask.utils import key_split
-
-    key_split.cache_clear()
+def _trim_spans(dask_scheduler) -> int:
+    """On the scheduler: empty the spans' lists of submitted collections; return how many
+    records were dropped."""
     dropped = 0
     spans = getattr(dask_scheduler, "extensions", {}).get("spans")
     for span in getattr(spans, "spans", {}).values():
