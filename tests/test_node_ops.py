@@ -199,6 +199,11 @@ def test_retention_deletes_files_of_forwarded_jobs_and_keeps_their_rows(tmp_path
     assert job.state == "forwarded" and job.purged is not None and len(job.paths) == 2
     listed = json.loads(jobs_cli("--out", str(out), "--json").stdout)
     assert [j["key"] for j in listed] == [job.key]
+    # the same series sent again: already processed, so its spooled copies do not stay for ever
+    storescu(node, *study)
+    wait_for(lambda: "sent again after retention" in node.log.read_text(), 60, "resend", node.log)
+    wait_for(lambda: not files(), 30, "the resent copies deleted", node.log)
+    assert [j.key for j in node.jobs()] == [job.key] and len(dest.received()) == 2
     assert node.stop() == 0
 
 

@@ -109,6 +109,8 @@ class Intake:
             return
         new = {str(p) for p in arrivals.paths} - set(latest.paths if latest else ())
         if latest is not None and not new:
+            if latest.purged is not None and state == "queued":
+                self._drop_resent(latest, arrivals)
             return  # nothing new (a resend of what was processed)
         if latest is not None and latest.state == "processing":
             return  # joins once that attempt ends: the next quiet period records it
@@ -146,6 +148,17 @@ class Intake:
             logger.info("series ..%s: receiving%s", tag, rev)
         else:
             logger.info("series ..%s: complete, %d instance(s) queued%s", tag, len(paths), rev)
+
+    def _drop_resent(self, job: Job, arrivals: Arrivals) -> None:
+        """A resend of a series that was processed and whose files retention has deleted: the
+        copies would otherwise stay in the spool for ever (retention is done with that job)."""
+        self.upkeep.delete_files([str(p) for p in arrivals.paths])
+        logger.info(
+            "series ..%s: sent again after retention deleted its files; already processed as "
+            "derived ..%s, the %d copies are deleted (to process it again: dicom-sr jobs "
+            "forget %s, then send it again)",
+            arrivals.series_uid[-8:], job.key[-8:], len(arrivals.paths), job.key,
+        )  # fmt: skip
 
     def model_kept(self, job: Job) -> bool:
         """The model a done job was processed with is still on disk (late instances)."""

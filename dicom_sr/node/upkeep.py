@@ -143,6 +143,11 @@ class Upkeep:
         result = job.result or {}
         files = [*job.paths, *result.get("written", []), *result.get("already_done", [])]
         files.append(str(self.model_path(job.key)))
+        self.delete_files(files)
+        self.store.mark_purged(job.key)
+
+    def delete_files(self, files: list[str]) -> None:
+        """Delete these files of the node's own folders, then their folders while empty."""
         folders = set()
         for name in files:
             path = Path(name)
@@ -153,7 +158,6 @@ class Upkeep:
                 logger.warning("retention: cannot delete %s: %s", path, exc)
         for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
             _remove_empty(folder, stop=self.out_dir)
-        self.store.mark_purged(job.key)
 
     def model_path(self, key: str) -> Path:
         """Where the model trained for a derived series is kept (for its late instances)."""
