@@ -204,6 +204,10 @@ def test_retention_deletes_files_of_forwarded_jobs_and_keeps_their_rows(tmp_path
     wait_for(lambda: "sent again after retention" in node.log.read_text(), 60, "resend", node.log)
     wait_for(lambda: not files(), 30, "the resent copies deleted", node.log)
     assert [j.key for j in node.jobs()] == [job.key] and len(dest.received()) == 2
+    # ... unless the operator forgets the job first: then the resend is processed anew
+    assert jobs_cli("--out", str(out), "forget", job.key).returncode == 0
+    storescu(node, *study)
+    wait_for(lambda: len(dest.received()) == 4, 120, "processed and forwarded anew", node.log)
     assert node.stop() == 0
 
 
