@@ -215,8 +215,8 @@ class Node:
         if self.server is not None:
             active = list(self.server.active_associations)
             self.server.shutdown()
-            deadline = time.monotonic() + 5.0
-            while any(a.is_alive() for a in active) and time.monotonic() < deadline:
+            deadline = time.monotonic() + 5.0  # a store in progress may finish
+            while any(_busy(a) for a in active) and time.monotonic() < deadline:
                 time.sleep(0.1)
             for assoc in active:
                 if assoc.is_alive():
@@ -479,6 +479,12 @@ class Node:
             "forward_backlog": {d: n for d, (n, _) in backlog.items()},
             "disk_free": self.upkeep.free,
         }
+
+
+def _busy(assoc) -> bool:
+    """The association is still open (not one released or aborted whose thread lingers in
+    its teardown: those are aborted at once)."""
+    return assoc.is_alive() and assoc.is_established
 
 
 def _counts_text(counts: dict[str, int]) -> str:
