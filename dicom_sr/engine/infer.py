@@ -139,7 +139,7 @@ def model_weight(config: EngineConfig, verdict: dict | None = None) -> float:
     the guard's strip.
 
     ``"pairs"``: the weight the guard chose on its held-aside pairs (``verdict["weight"]``),
-    or 0.5 where it made no choice.
+    or the ``"auto"`` share where it made no choice (no pairs held aside).
     """
     if config.model_weight == "pairs":
         chosen = (verdict or {}).get("weight")

@@ -412,10 +412,11 @@ def train(
         history.add(_step(loop), loop)
         done = it
         if it % eval_every == 0:
-            ended = stop is not None and stop.update(loop.nets.g, it)
             if stop is not None:
+                ended = stop.update(loop.nets.g, it)
                 err = stop.curve[-1]
             else:
+                ended = False
                 with torch.no_grad():  # the interval's one sync
                     err = (loop.nets.g(eval_lr) - eval_lr_hr).abs().mean().item()
             values = history.flush()
