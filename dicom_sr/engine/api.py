@@ -238,6 +238,7 @@ def _refit(
         iterations=iterations,
         lr=first.final_lr,
         device=device,
+        recon=False,  # its history is not kept
     )
     return res.generator_state, {"iterations": int(res.iterations), "seconds": float(res.seconds)}
 

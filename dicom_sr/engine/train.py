@@ -383,13 +383,17 @@ def train(
     progress: Callable[[int, int], None] | None = None,
     strips: Sequence[Strip | None] | None = None,
     held_pairs: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None,
+    recon: bool = True,
 ) -> TrainResult:
     """Train ``G`` on ``frames`` (2-D float32 in [0, 1]) by self-supervision.
 
     ``iterations`` / ``lr`` override ``config.iterations`` / ``config.lr`` (fine-tuning);
     ``init_state`` warm-starts ``G``; ``strips`` (one per frame) are bands no training crop
     touches (the guard's); ``held_pairs`` (sons, fathers) cut from them stop training early
-    when ``config.stop_patience`` is set. Deterministic for a given ``config.seed`` and device.
+    when ``config.stop_patience`` is set. ``recon=False``: the caller drops the history, so
+    the reconstruction error is measured only where the rate policy could act within the run
+    (a short refit saves those forward passes). Deterministic for a given ``config.seed`` and
+    device.
     """
     if method not in ("cyclegan", "zssr"):
         raise ValueError(f"train: method must be 'cyclegan' or 'zssr', got {method!r}")
@@ -404,14 +408,17 @@ def train(
     if held_pairs and held_pairs[0] and config.stop_patience > 0:
         lr_pairs = [x.to(device) for x in held_pairs[0]]
         stop = _EarlyStop((lr_pairs, [y.to(device) for y in held_pairs[1]]), config.stop_patience)
-    else:  # the rate policy's error: fixed crops of the frames (with stopping: the pairs')
+    # the first iteration at which the rate policy may act (a check, past lr_min_iterations)
+    checks = -(-max(config.lr_min_iterations, 1) // config.lr_check_every)
+    measure = stop is not None or recon or total >= checks * config.lr_check_every
+    if stop is None and measure:  # the rate policy's error: fixed crops of the frames
         eval_lr_hr = _eval_crops(frames, config.scale, device)
         eval_lr = downscale(eval_lr_hr, config.scale, config)
     last_change = done = 0
     for it in range(1, total + 1):
         history.add(_step(loop), loop)
         done = it
-        if it % eval_every == 0:
+        if measure and it % eval_every == 0:
             if stop is not None:
                 ended = stop.update(loop.nets.g, it)
                 err = stop.curve[-1]
